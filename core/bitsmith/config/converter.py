@@ -1,0 +1,249 @@
+"""The one cattrs converter for every config: dicts/YAML in, dicts/YAML out.
+
+``from_dict``/``to_dict``/``from_yaml``/``to_yaml``/``load``/``dump`` round-trip
+exactly. Granularities are tagged by ``type:``; module types are dotted class paths;
+unknown keys, wrong types and out-of-range values raise one :class:`ConfigError`
+whose lines start with the dotted path of the offending field.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import os
+from pathlib import Path
+from typing import Any, TypeVar, Union
+
+import attrs
+import cattrs
+import torch
+import yaml
+from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+from cattrs.gen import make_dict_structure_fn
+
+from ..errors import ConfigError
+from . import palettization as pal
+from . import quantization as quant
+from . import specs
+
+T = TypeVar("T")
+
+TOP_LEVEL_KEYS: dict[str, type] = {
+    "kmeans_palettization_config": pal.KMeansPalettizerConfig,
+    "quantization_config": quant.QuantizerConfig,
+}
+"""YAML top-level keys and the config class each one holds."""
+
+
+class _FieldError(Exception):
+    """A validator error raised while building one attrs object (message starts with the field name)."""
+
+
+def _tagged_union(allowed: tuple[type, ...], field_name: str = "granularity"):
+    tags = {tag: cls for tag, cls in specs.GRANULARITY_TAGS.items() if cls in allowed}
+
+    def structure(value: Any, _type: Any) -> Any:
+        if isinstance(value, tuple(allowed)):
+            return value
+        if isinstance(value, str):
+            value = {"type": value}
+        if not isinstance(value, dict) or "type" not in value:
+            raise _FieldError(f"type: expected a mapping with a 'type' key, one of {', '.join(tags)}; got {value!r}")
+        tag = value["type"]
+        if tag not in tags:
+            close = difflib.get_close_matches(str(tag), tags, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise _FieldError(f"type: {tag!r} is not one of {', '.join(tags)}{hint}")
+        rest = {k: v for k, v in value.items() if k != "type"}
+        return converter.structure(rest, tags[tag])
+
+    return structure
+
+
+def _strict(kind: type, label: str):
+    def structure(value: Any, _type: Any) -> Any:
+        if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+            raise _FieldError(f"expected {label}, got {value!r}")
+        if kind is not int and not isinstance(value, kind):
+            raise _FieldError(f"expected {label}, got {value!r}")
+        return value
+
+    return structure
+
+
+def _attrs_hook_factory(cls: type):
+    inner = make_dict_structure_fn(cls, converter, _cattrs_forbid_extra_keys=True)
+
+    def structure(value: Any, _type: Any) -> Any:
+        if isinstance(value, cls):
+            return value
+        if not isinstance(value, dict):
+            raise _FieldError(f"expected a mapping for {cls.__name__}, got {value!r}")
+        try:
+            return inner(value, cls)
+        except (ValueError, TypeError) as exc:
+            if isinstance(exc, (ClassValidationError, IterableValidationError, ForbiddenExtraKeysError)):
+                raise
+            raise _FieldError(str(exc)) from exc
+
+    return structure
+
+
+def _make_converter() -> cattrs.Converter:
+    conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
+    conv.register_structure_hook(int, _strict(int, "an integer"))
+    conv.register_structure_hook(bool, _strict(bool, "true or false"))
+    conv.register_structure_hook(str, _strict(str, "a string"))
+    conv.register_structure_hook(specs.QuantizationScheme, lambda v, _t: specs._to_scheme(v))
+    conv.register_unstructure_hook(torch.dtype, specs.dtype_name)
+    conv.register_unstructure_hook(specs.QuantizationScheme, lambda s: s.value)
+    conv.register_structure_hook(
+        specs.PalettizationGranularity,
+        _tagged_union((specs.PerTensorGranularity, specs.PerGroupedChannelGranularity)),
+    )
+    conv.register_structure_hook(
+        specs.QuantizationGranularity,
+        _tagged_union((specs.PerTensorGranularity, specs.PerChannelGranularity, specs.PerBlockGranularity)),
+    )
+    for tag, gcls in specs.GRANULARITY_TAGS.items():
+        conv.register_unstructure_hook(gcls, functools.partial(_unstructure_granularity, tag))
+    return conv
+
+
+def _unstructure_granularity(tag: str, value: Any) -> dict:
+    return {"type": tag, **attrs.asdict(value)}
+
+
+converter = _make_converter()
+"""The shared :class:`cattrs.Converter` (plugins register hooks for their own config classes here)."""
+
+converter.register_structure_hook_factory(attrs.has, _attrs_hook_factory)
+
+
+def _unstructure_quant_spec(spec: specs.QuantizationSpec) -> dict:
+    return {
+        "dtype": spec.dtype_name,
+        "qscheme": spec.qscheme.value,
+        "granularity": converter.unstructure(spec.granularity),
+        "observer": spec.observer,
+    }
+
+
+converter.register_unstructure_hook(specs.QuantizationSpec, _unstructure_quant_spec)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def _error_lines(exc: BaseException, path: str) -> list[str]:
+    if isinstance(exc, (ClassValidationError, IterableValidationError)):
+        with_notes, without = exc.group_exceptions()
+        lines: list[str] = []
+        for sub, note in with_notes:
+            name = getattr(note, "name", None)
+            if name is None:
+                name = getattr(note, "index", "?")
+            lines += _error_lines(sub, f"{path}.{name}" if path else str(name))
+        for sub in without:
+            lines += _error_lines(sub, path)
+        return lines
+    if isinstance(exc, ForbiddenExtraKeysError):
+        allowed = [a.name for a in attrs.fields(exc.cl)] if attrs.has(exc.cl) else []
+        out = []
+        for key in sorted(exc.extra_fields):
+            close = difflib.get_close_matches(key, allowed, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            where = f"{path}.{key}" if path else key
+            out.append(f"{where}: unknown key{hint}; allowed keys: {', '.join(allowed)}")
+        return out
+    message = str(exc)
+    if isinstance(exc, KeyError) and exc.args:
+        return [f"{path}.{exc.args[0]}: required key is missing" if path else f"{exc.args[0]}: required key is missing"]
+    if ": " in message and " " not in message.split(": ", 1)[0]:
+        head, rest = message.split(": ", 1)
+        last = path.rsplit(".", 1)[-1] if path else ""
+        if head != last:
+            return [f"{path}.{head}: {rest}" if path else message]
+    return [f"{path}: {message}" if path else message]
+
+
+def from_dict(data: Any, cls: type[T]) -> T:
+    """Build a config object of ``cls`` from plain data, or raise :class:`ConfigError`."""
+    try:
+        return converter.structure(data, cls)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one ConfigError
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(_error_lines(exc, "")) from None
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain-data form of a config object (inverse of :func:`from_dict`)."""
+    return converter.unstructure(obj)
+
+
+def _detect(data: Any, cls: type | None) -> tuple[type, Any, str]:
+    if isinstance(data, dict) and len(data) == 1 and next(iter(data)) in TOP_LEVEL_KEYS:
+        key = next(iter(data))
+        found = TOP_LEVEL_KEYS[key]
+        if cls is not None and cls is not found:
+            raise ConfigError(f"{key}: expected a {cls.__name__} document, found {found.__name__}")
+        return found, data[key], key
+    if cls is None:
+        keys = ", ".join(TOP_LEVEL_KEYS)
+        got = ", ".join(map(str, data)) if isinstance(data, dict) else repr(data)
+        raise ConfigError(f"top level: expected one of the keys {keys}; got {got}")
+    return cls, data, ""
+
+
+def from_yaml(text: str, cls: type[T] | None = None) -> T:
+    """Parse YAML text (with or without its top-level key) into a config object."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"invalid YAML: {exc}") from None
+    found, body, key = _detect(data, cls)
+    try:
+        return from_dict(body, found)
+    except ConfigError as exc:
+        if not key:
+            raise
+        raise ConfigError([f"{key}.{line}" for line in exc.lines]) from None
+
+
+def top_level_key(cls: type) -> str:
+    """The YAML top-level key of a config class."""
+    for key, value in TOP_LEVEL_KEYS.items():
+        if value is cls:
+            return key
+    raise KeyError(cls)
+
+
+def to_yaml(obj: Any) -> str:
+    """YAML text of a config object under its top-level key (``kmeans_palettization_config:``)."""
+    return yaml.safe_dump({top_level_key(type(obj)): to_dict(obj)}, sort_keys=False)
+
+
+def load(source: Union[str, os.PathLike, dict, Any], cls: type[T] | None = None) -> T:
+    """A config from a YAML/JSON file path, YAML text, a dict, or an existing config object."""
+    if cls is not None and isinstance(source, cls):
+        return source
+    if isinstance(source, dict):
+        found, body, key = _detect(source, cls)
+        return from_dict(body, found)
+    if isinstance(source, Path) or (isinstance(source, str) and "\n" not in source and source.endswith((".yaml", ".yml", ".json"))):
+        path = Path(source)
+        if not path.exists():
+            raise ConfigError(f"{path}: no such config file")
+        return from_yaml(path.read_text(), cls)
+    if isinstance(source, str):
+        return from_yaml(source, cls)
+    raise ConfigError(f"cannot load a config from {type(source).__name__}")
+
+
+def dump(obj: Any, path: Union[str, os.PathLike, None] = None) -> str:
+    """YAML text of ``obj``; also written to ``path`` when given."""
+    text = to_yaml(obj)
+    if path is not None:
+        Path(path).write_text(text)
+    return text

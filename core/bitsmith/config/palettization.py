@@ -1,0 +1,196 @@
+"""Palettization configs: which weights get which ``PalettizationSpec``.
+
+Three classes mirror seed 003: ``KMeansPalettizerConfig`` (whole model),
+``ModuleKMeansPalettizerConfig`` (a module's scope) and ``OpKMeansPalettizerConfig``
+(one op type or op name inside a scope). Precedence is resolved in
+:mod:`bitsmith.resolve`.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Optional
+
+from attrs import define, field
+
+from .module_types import type_keys_converter as _type_keys
+from .specs import PalettizationSpec, PerGroupedChannelGranularity, PerTensorGranularity, default_weight_palettization_spec
+
+
+def default_op_state_spec() -> dict[str, Optional[PalettizationSpec]]:
+    """``{"weight": 4-bit, "in_proj_weight": 4-bit}``: what an argument-less config palettizes."""
+    return {"weight": default_weight_palettization_spec(), "in_proj_weight": default_weight_palettization_spec()}
+
+
+def _spec_map(name):
+    def check(instance, attribute, value):
+        if not isinstance(value, dict):
+            raise TypeError(f"{name}: expected a mapping of tensor name to spec, got {value!r}")
+        for key, spec in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"{name}: keys must be tensor names (str), got {key!r}")
+            if spec is not None and not isinstance(spec, PalettizationSpec):
+                raise TypeError(f"{name}.{key}: expected a PalettizationSpec or None, got {spec!r}")
+    return check
+
+
+def _op_map(name):
+    def check(instance, attribute, value):
+        if not isinstance(value, dict):
+            raise TypeError(f"{name}: expected a mapping, got {value!r}")
+        for key, cfg in value.items():
+            if cfg is not None and not isinstance(cfg, OpKMeansPalettizerConfig):
+                raise TypeError(f"{name}.{key}: expected an OpKMeansPalettizerConfig or None, got {cfg!r}")
+    return check
+
+
+
+
+@define(kw_only=True)
+class OpKMeansPalettizerConfig:
+    """Palettization of one op type or op name inside a module scope (only ``op_state_spec`` is used)."""
+
+    op_state_spec: dict[str, Optional[PalettizationSpec]] = field(
+        factory=default_op_state_spec, validator=_spec_map("op_state_spec")
+    )
+
+
+class _ModulePresets:
+    """Ready-made ``ModuleKMeansPalettizerConfig`` objects: ``w2() … w8()``."""
+
+    @staticmethod
+    def _make(n_bits: int, grouped: bool) -> "ModuleKMeansPalettizerConfig":
+        gran = PerGroupedChannelGranularity(axis=0, group_size=16) if grouped else PerTensorGranularity()
+        return ModuleKMeansPalettizerConfig(op_state_spec={
+            "weight": PalettizationSpec(n_bits=n_bits, granularity=gran),
+            "in_proj_weight": PalettizationSpec(n_bits=n_bits, granularity=gran),
+        })
+
+    def w2(self) -> "ModuleKMeansPalettizerConfig":
+        """2-bit, one LUT per group of 16 output channels."""
+        return self._make(2, grouped=True)
+
+    def w3(self) -> "ModuleKMeansPalettizerConfig":
+        """3-bit, one LUT per group of 16 output channels."""
+        return self._make(3, grouped=True)
+
+    def w4(self) -> "ModuleKMeansPalettizerConfig":
+        """4-bit, one LUT per group of 16 output channels."""
+        return self._make(4, grouped=True)
+
+    def w6(self) -> "ModuleKMeansPalettizerConfig":
+        """6-bit per-tensor."""
+        return self._make(6, grouped=False)
+
+    def w8(self) -> "ModuleKMeansPalettizerConfig":
+        """8-bit per-tensor."""
+        return self._make(8, grouped=False)
+
+
+@define(kw_only=True)
+class ModuleKMeansPalettizerConfig:
+    """Palettization of every op in a module's scope (or of the whole model, as ``global_config``).
+
+    For a tensor of an op in scope the spec is, highest priority first:
+    ``module_state_spec`` (tensors owned by the scope module itself), the matching
+    ``op_name_config`` entry, the matching ``op_type_config`` entry, then
+    ``op_state_spec``. A ``None`` value anywhere means "leave uncompressed".
+    """
+
+    presets: ClassVar[_ModulePresets] = _ModulePresets()
+
+    op_state_spec: dict[str, Optional[PalettizationSpec]] = field(
+        factory=default_op_state_spec, validator=_spec_map("op_state_spec")
+    )
+    op_type_config: dict[str, Optional[OpKMeansPalettizerConfig]] = field(
+        factory=dict, converter=_type_keys("op_type_config"), validator=_op_map("op_type_config")
+    )
+    op_name_config: dict[str, Optional[OpKMeansPalettizerConfig]] = field(
+        factory=dict, validator=_op_map("op_name_config")
+    )
+    module_state_spec: dict[str, Optional[PalettizationSpec]] = field(
+        factory=dict, validator=_spec_map("module_state_spec")
+    )
+
+
+class _ConfigPresets:
+    """Ready-made ``KMeansPalettizerConfig`` objects whose global config is a module preset."""
+
+    def __getattr__(self, name: str):
+        make = getattr(ModuleKMeansPalettizerConfig.presets, name)
+
+        def preset() -> "KMeansPalettizerConfig":
+            return KMeansPalettizerConfig(global_config=make())
+
+        preset.__doc__ = f"``KMeansPalettizerConfig`` with ``global_config=ModuleKMeansPalettizerConfig.presets.{name}()``."
+        return preset
+
+    def __dir__(self):
+        return ["w2", "w3", "w4", "w6", "w8"]
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "<default>"
+
+
+UNSET = _Unset()
+
+
+def _module_map(name):
+    def check(instance, attribute, value):
+        if not isinstance(value, dict):
+            raise TypeError(f"{name}: expected a mapping, got {value!r}")
+        for key, cfg in value.items():
+            if cfg is not None and not isinstance(cfg, ModuleKMeansPalettizerConfig):
+                raise TypeError(f"{name}.{key}: expected a ModuleKMeansPalettizerConfig or None, got {cfg!r}")
+    return check
+
+
+def _global(instance, attribute, value) -> None:
+    if value is not UNSET and value is not None and not isinstance(value, ModuleKMeansPalettizerConfig):
+        raise TypeError(f"global_config: expected a ModuleKMeansPalettizerConfig or None, got {value!r}")
+
+
+@define(kw_only=True)
+class KMeansPalettizerConfig:
+    """Palettization config for a whole model.
+
+    ``module_name_configs`` > ``module_type_configs`` > ``global_config``. With no
+    arguments at all, ``global_config`` is ``ModuleKMeansPalettizerConfig()`` (4-bit
+    for every supported layer). When only type/name configs are given and
+    ``global_config`` is omitted, it is ``None``: every other module is skipped.
+    Setters return the config so calls chain.
+    """
+
+    presets: ClassVar[_ConfigPresets] = _ConfigPresets()
+
+    global_config: Optional[ModuleKMeansPalettizerConfig] = field(default=UNSET, validator=_global)
+    module_type_configs: dict[str, Optional[ModuleKMeansPalettizerConfig]] = field(
+        factory=dict, converter=_type_keys("module_type_configs"), validator=_module_map("module_type_configs")
+    )
+    module_name_configs: dict[str, Optional[ModuleKMeansPalettizerConfig]] = field(
+        factory=dict, validator=_module_map("module_name_configs")
+    )
+
+    def __attrs_post_init__(self) -> None:
+        if self.global_config is UNSET:
+            scoped = bool(self.module_type_configs or self.module_name_configs)
+            self.global_config = None if scoped else ModuleKMeansPalettizerConfig()
+
+    def set_global(self, config: Optional[ModuleKMeansPalettizerConfig]) -> "KMeansPalettizerConfig":
+        """Replace ``global_config``; returns ``self``."""
+        _global(self, None, config)
+        self.global_config = config
+        return self
+
+    def set_module_type(self, module_type, config: Optional[ModuleKMeansPalettizerConfig]) -> "KMeansPalettizerConfig":
+        """Set the config of a module class (class or dotted name); ``None`` skips it. Returns ``self``."""
+        _module_map("module_type_configs")(self, None, {"": config})
+        self.module_type_configs.update(_type_keys("module_type_configs")({module_type: config}))
+        return self
+
+    def set_module_name(self, module_name: str, config: Optional[ModuleKMeansPalettizerConfig]) -> "KMeansPalettizerConfig":
+        """Set the config of a module by qualified name or full-match regex; ``None`` skips it. Returns ``self``."""
+        _module_map("module_name_configs")(self, None, {"": config})
+        self.module_name_configs[module_name] = config
+        return self

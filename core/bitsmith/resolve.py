@@ -1,0 +1,188 @@
+"""Which spec applies to each tensor of a model: seed 003's precedence rules.
+
+Scope: a module is governed by the nearest module (itself first, then its parents)
+named in ``module_name_configs`` (exact name, or a full-match regex); failing that,
+by the nearest one whose class (or a base class) is in ``module_type_configs``;
+failing that, by ``global_config``. A ``None`` config at that level means "skip".
+
+Within the governing config, a tensor's spec is, highest priority first:
+``module_state_spec`` (tensors owned by the scope module itself), the op's entry in
+``op_name_config`` (name relative to the scope, or the full name), the op's entry in
+``op_type_config``, then ``op_state_spec``.
+
+Only layers of :data:`PALETTIZABLE_TYPES` are compressed through ``global_config``;
+any other module is compressed only when a name or type config names it explicitly.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from typing import Any, Iterator, Optional
+
+from attrs import define
+from torch import nn
+
+from .config.module_types import canonical_name, type_names
+
+PALETTIZABLE_TYPES: tuple[type[nn.Module], ...] = (
+    nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
+    nn.Embedding, nn.MultiheadAttention,
+)
+"""Layer types compressed by a ``global_config`` (subclasses included)."""
+
+
+class UnmatchedConfigWarning(UserWarning):
+    """A name or type key in a config matches no module of the model."""
+
+
+@define(frozen=True)
+class ResolvedTensor:
+    """One state tensor of one module and the spec that applies (``None``: left as is).
+
+    ``rule`` says which config entry decided, e.g. ``module_name_configs['fc']`` ->
+    ``op_state_spec['weight']``.
+    """
+
+    module_name: str
+    module: nn.Module
+    tensor_name: str
+    spec: Any
+    rule: str
+
+    @property
+    def qualified_name(self) -> str:
+        """``module.tensor``, e.g. ``features.0.0.weight``."""
+        return f"{self.module_name}.{self.tensor_name}" if self.module_name else self.tensor_name
+
+
+def _name_matches(key: str, name: str) -> bool:
+    if key == name:
+        return True
+    try:
+        return re.fullmatch(key, name) is not None
+    except re.error:
+        return False
+
+
+def _lookup_name(table: dict, name: str) -> tuple[bool, Optional[str]]:
+    if name in table:
+        return True, name
+    for key in table:
+        if _name_matches(key, name):
+            return True, key
+    return False, None
+
+
+def _lookup_type(table: dict, module: nn.Module) -> tuple[bool, Optional[str]]:
+    for tname in type_names(type(module)):
+        if tname in table:
+            return True, tname
+    return False, None
+
+
+@define(frozen=True)
+class Scope:
+    """The config governing a module, where it came from, and the scope module's name."""
+
+    config: Any
+    scope_name: str
+    rule: str
+
+
+def _parents(name: str) -> list[str]:
+    parts = name.split(".") if name else []
+    return [".".join(parts[:i]) for i in range(len(parts), -1, -1)]
+
+
+def governing_scope(model_config: Any, modules: dict[str, nn.Module], name: str) -> Optional[Scope]:
+    """The scope config that governs module ``name``; ``None`` if the module is skipped.
+
+    ``model_config`` is a ``KMeansPalettizerConfig`` or ``QuantizerConfig``-shaped
+    object (``global_config``, ``module_type_configs``, ``module_name_configs``).
+    """
+    chain = [n for n in _parents(name) if n in modules]
+    for scope in chain:
+        found, key = _lookup_name(model_config.module_name_configs, scope)
+        if found:
+            return Scope(model_config.module_name_configs[key], scope, f"module_name_configs[{key!r}]")
+    for scope in chain:
+        found, key = _lookup_type(model_config.module_type_configs, modules[scope])
+        if found:
+            return Scope(model_config.module_type_configs[key], scope, f"module_type_configs[{key!r}]")
+    return Scope(model_config.global_config, "", "global_config")
+
+
+def op_config(scope_config: Any, scope_name: str, name: str, module: nn.Module) -> tuple[bool, Any, str]:
+    """The op-level config for ``module`` inside a scope: ``(found, config, rule)``."""
+    relative = name[len(scope_name) + 1:] if scope_name and name.startswith(scope_name + ".") else (
+        "" if name == scope_name else name)
+    for candidate in dict.fromkeys([relative, name]):
+        found, key = _lookup_name(scope_config.op_name_config, candidate)
+        if found and candidate != "":
+            return True, scope_config.op_name_config[key], f"op_name_config[{key!r}]"
+    found, key = _lookup_type(scope_config.op_type_config, module)
+    if found:
+        return True, scope_config.op_type_config[key], f"op_type_config[{key!r}]"
+    return False, None, ""
+
+
+def resolve_state_specs(model: nn.Module, config: Any, *, warn_unmatched: bool = True,
+                        spec_field: str = "op_state_spec") -> Iterator[ResolvedTensor]:
+    """Yield a :class:`ResolvedTensor` for every direct parameter of every module.
+
+    ``config`` is a ``KMeansPalettizerConfig`` (or a ``QuantizerConfig``: weights
+    only). Tied parameters are yielded for each owner; callers dedupe by identity.
+    """
+    modules = dict(model.named_modules(remove_duplicate=False))
+    if warn_unmatched:
+        warn_unmatched_keys(model, config)
+    for name, module in modules.items():
+        params = [(pname, p) for pname, p in module.named_parameters(recurse=False)]
+        if not params:
+            continue
+        scope = governing_scope(config, modules, name)
+        for pname, _ in params:
+            spec, rule = _tensor_spec(scope, name, module, pname, spec_field)
+            yield ResolvedTensor(name, module, pname, spec, rule)
+
+
+def _tensor_spec(scope: Optional[Scope], name: str, module: nn.Module, pname: str, spec_field: str) -> tuple[Any, str]:
+    if scope is None or scope.config is None:
+        return None, f"{scope.rule} is None" if scope else "skipped"
+    cfg = scope.config
+    explicit = scope.rule != "global_config" and scope.scope_name == name
+    if name == scope.scope_name and pname in getattr(cfg, "module_state_spec", {}):
+        return cfg.module_state_spec[pname], f"{scope.rule}.module_state_spec[{pname!r}]"
+    found, opcfg, oprule = op_config(cfg, scope.scope_name, name, module)
+    if found:
+        if opcfg is None:
+            return None, f"{scope.rule}.{oprule} is None"
+        table = getattr(opcfg, spec_field) or {}
+        return table.get(pname), f"{scope.rule}.{oprule}.{spec_field}[{pname!r}]"
+    if not explicit and not isinstance(module, PALETTIZABLE_TYPES):
+        return None, f"{type(module).__name__} is not a palettizable layer type"
+    table = getattr(cfg, spec_field) or {}
+    return table.get(pname), f"{scope.rule}.{spec_field}[{pname!r}]"
+
+
+def warn_unmatched_keys(model: nn.Module, config: Any) -> list[str]:
+    """Warn once about name/type keys of ``config`` that match no module; returns them."""
+    modules = dict(model.named_modules(remove_duplicate=False))
+    present_types = {t for m in modules.values() for t in type_names(type(m))}
+    unmatched = [f"module_name_configs[{k!r}]" for k in config.module_name_configs
+                 if not any(_name_matches(k, n) for n in modules)]
+    unmatched += [f"module_type_configs[{k!r}]" for k in config.module_type_configs if k not in present_types]
+    for key in unmatched:
+        warnings.warn(f"bitsmith: config key {key} matches no module of {type(model).__name__}",
+                      UnmatchedConfigWarning, stacklevel=3)
+    return unmatched
+
+
+def palettizable_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(name, module)`` of the layers a default config compresses, in ``named_modules()`` order."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, PALETTIZABLE_TYPES)]
+
+
+__all__ = ["PALETTIZABLE_TYPES", "ResolvedTensor", "Scope", "UnmatchedConfigWarning", "canonical_name",
+           "governing_scope", "op_config", "palettizable_modules", "resolve_state_specs", "warn_unmatched_keys"]

@@ -1,0 +1,1 @@
+"""Real pretrained models and offline sample data for bitsmith."""
