@@ -1,3 +1,16 @@
-"""bitsmith: compress PyTorch models for phones."""
+"""bitsmith: compress PyTorch models for phones.
+
+The core holds the config model, the plugin registry, the compressed-weight
+representation, size accounting and the mixed-precision orchestration; algorithms,
+metrics, searches and export backends are plugins found through the ``bitsmith``
+entry-point group. Importing bitsmith loads no plugin.
+"""
+
+from .errors import BitsmithError, CompressionError, ConfigError, PluginError
+from .export import ExportBackend, finalize
+from .hookspecs import hookimpl
 
 __version__ = "0.1.0"
+
+__all__ = ["BitsmithError", "CompressionError", "ConfigError", "ExportBackend", "PluginError", "__version__",
+           "finalize", "hookimpl"]

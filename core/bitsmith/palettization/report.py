@@ -1,0 +1,88 @@
+"""Per-layer palettization report: what was compressed, how big, how faithful."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import torch
+from attrs import asdict, define, field
+
+from ..sizes import TensorSize, dense_size, record_size
+from ..table import format_table
+
+
+@define(frozen=True)
+class LayerReport:
+    """One compressed tensor: name, shape, spec label, distinct values, sizes and weight SQNR (dB)."""
+
+    name: str
+    shape: tuple[int, ...]
+    spec: str
+    unique_values: int
+    kib_before: float
+    kib_after: float
+    bpw: float
+    sqnr_db: float
+
+
+@define
+class PalettizationReport:
+    """Rows for every compressed tensor plus model totals; ``str()`` prints a table."""
+
+    layers: list[LayerReport] = field(factory=list)
+    before: TensorSize = field(factory=lambda: TensorSize(0, 0))
+    after: TensorSize = field(factory=lambda: TensorSize(0, 0))
+    model_mib_before: float = 0.0
+    model_mib_after: float = 0.0
+
+    @property
+    def bpw_index(self) -> float:
+        """Index bits per compressed weight."""
+        return self.after.bpw_index
+
+    @property
+    def bpw(self) -> float:
+        """All-in bits per compressed weight (indices + LUTs + scales)."""
+        return self.after.bpw
+
+    def totals(self) -> dict[str, float]:
+        """Model-level figures."""
+        return {"compressed_weights": self.after.numel, "bpw_index": self.bpw_index, "bpw_all_in": self.bpw,
+                "compressed_mib_before": self.before.kib / 1024, "compressed_mib_after": self.after.kib / 1024,
+                "model_mib_before": self.model_mib_before, "model_mib_after": self.model_mib_after}
+
+    def to_dicts(self) -> list[dict[str, Any]]:
+        """One plain dict per layer."""
+        return [asdict(row) for row in self.layers]
+
+    def __str__(self) -> str:
+        rows = [(r.name, "x".join(map(str, r.shape)), r.spec, r.unique_values, r.kib_before, r.kib_after, r.bpw,
+                 r.sqnr_db) for r in self.layers]
+        table = format_table(["layer", "shape", "spec", "unique", "KiB before", "KiB after", "BPW", "SQNR dB"], rows,
+                             align="lllrrrrr")
+        t = self.totals()
+        return (f"{table}\n\n{len(self.layers)} tensors, {t['compressed_weights']} weights: "
+                f"BPW {t['bpw_index']:.3f} index-only, {t['bpw_all_in']:.3f} all-in; "
+                f"model {t['model_mib_before']:.2f} MiB -> {t['model_mib_after']:.2f} MiB")
+
+
+def sqnr_db(reference: torch.Tensor, approx: torch.Tensor) -> float:
+    """Signal-to-quantization-noise ratio in dB (inf when exact)."""
+    ref = reference.detach().double()
+    noise = (ref - approx.detach().double()).pow(2).sum().item()
+    signal = ref.pow(2).sum().item()
+    if noise == 0:
+        return math.inf
+    return 10 * math.log10(signal / noise) if signal > 0 else -math.inf
+
+
+def layer_report(name: str, original: torch.Tensor, record: Any, unique_values: Optional[int] = None) -> LayerReport:
+    """Build the report row of one compressed tensor."""
+    size = record_size(record)
+    if unique_values is None:
+        unique_values = int(torch.unique(original.detach().to(torch.float16)).numel())
+    return LayerReport(name=name, shape=tuple(original.shape), spec=record.spec.describe() if hasattr(
+        record.spec, "describe") else str(record.spec), unique_values=unique_values,
+        kib_before=dense_size(original.shape, original.dtype).kib, kib_after=size.kib, bpw=size.bpw,
+        sqnr_db=sqnr_db(original, record.dequantize()))
