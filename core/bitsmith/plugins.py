@@ -86,6 +86,8 @@ class PluginRecord:
     source: str = "register"
     registered: dict[str, list[str]] = field(factory=dict)
     error: Optional[str] = None
+    traceback: Optional[str] = field(default=None, repr=False)
+    plugin: Any = field(default=None, repr=False, eq=False)
 
     @property
     def ok(self) -> bool:
@@ -216,7 +218,7 @@ class Registry:
                     self._tables[kind][key] = _Entry(impl, record)
                 if items:
                     record.registered[kind] = sorted(items)
-            record.__dict__["_plugin"] = plugin
+            record.plugin = plugin
             self._records.append(record)
             return record
 
@@ -232,7 +234,7 @@ class Registry:
 
     def _fail(self, record: PluginRecord, exc: BaseException) -> PluginRecord:
         record.error = f"{type(exc).__name__}: {exc}"
-        record.__dict__["_traceback"] = "".join(traceback.format_exception(exc))
+        record.traceback = "".join(traceback.format_exception(exc))
         self._records.append(record)
         if self.strict:
             raise PluginError(f"plugin {_describe(record)} failed to load: {record.error}") from exc
@@ -244,7 +246,7 @@ class Registry:
         """Remove a plugin and every implementation it registered."""
         with self._lock:
             for record in list(self._records):
-                if record.__dict__.get("_plugin") is plugin:
+                if record.plugin is plugin:
                     self._records.remove(record)
                     for kind, keys in record.registered.items():
                         for key in keys:
