@@ -134,13 +134,16 @@ class TypedRegistry(Generic[T]):
 class Registry:
     """Plugin manager plus name -> implementation tables, one per hook.
 
-    :param autoload: load the ``bitsmith`` entry-point group on first use.
+    :param autoload: load the ``bitsmith`` entry-point group on first use (default:
+        yes, unless ``BITSMITH_DISABLE_PLUGIN_AUTOLOAD=1``).
     :param strict: raise on any plugin failure (default: ``BITSMITH_STRICT_PLUGINS``).
     :param plugins: plugin objects (modules or instances with ``@hookimpl``
         functions) to register up front.
     """
 
-    def __init__(self, *, autoload: bool = True, strict: Optional[bool] = None, plugins: Iterable[Any] = ()):
+    def __init__(self, *, autoload: Optional[bool] = None, strict: Optional[bool] = None, plugins: Iterable[Any] = ()):
+        if autoload is None:
+            autoload = os.environ.get("BITSMITH_DISABLE_PLUGIN_AUTOLOAD", "") in ("", "0")
         self.autoload = autoload
         self.strict = os.environ.get("BITSMITH_STRICT_PLUGINS", "") not in ("", "0") if strict is None else strict
         self._pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)

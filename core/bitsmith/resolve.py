@@ -166,6 +166,64 @@ def _tensor_spec(scope: Optional[Scope], name: str, module: nn.Module, pname: st
     return table.get(pname), f"{scope.rule}.{spec_field}[{pname!r}]"
 
 
+ACTIVATION_DIRECTIONS = ("input", "output")
+"""The two kinds of activation a module has: its positional inputs and its outputs."""
+
+
+def _io_lookup(table: Optional[dict], index: int) -> tuple[bool, Any, Optional[str]]:
+    if not table:
+        return False, None, None
+    for key in (str(index), "*"):
+        if key in table:
+            return True, table[key], key
+    return False, None, None
+
+
+def resolve_activation_spec(model_config: Any, modules: dict[str, nn.Module], name: str, direction: str,
+                            index: int) -> tuple[Any, str]:
+    """The spec for positional input / output ``index`` of module ``name``: ``(spec, rule)``.
+
+    ``model_config`` is a ``QuantizerConfig``-shaped object; ``modules`` is
+    ``dict(model.named_modules(remove_duplicate=False))``; ``direction`` is
+    ``"input"`` or ``"output"``. Keys of the spec tables are the index as a string
+    or ``"*"`` (the exact index wins over ``"*"`` within one table). Highest
+    priority first: the scope's ``module_input_spec``/``module_output_spec`` (for
+    the scope module itself, container or not), then, for leaf modules only (ops),
+    the matching ``op_name_config``/``op_type_config`` entry's
+    ``op_input_spec``/``op_output_spec`` (decisive once matched, even without the
+    key), then the scope's ``op_input_spec``/``op_output_spec`` for
+    :data:`PALETTIZABLE_TYPES` layers (or any leaf the scope names explicitly).
+    ``None`` means the activation stays float.
+    """
+    if direction not in ACTIVATION_DIRECTIONS:
+        raise ValueError(f"direction: {direction!r} is not one of {', '.join(ACTIVATION_DIRECTIONS)}")
+    module = modules[name]
+    scope = governing_scope(model_config, modules, name)
+    if scope is None or scope.config is None:
+        return None, f"{scope.rule} is None" if scope else "skipped"
+    cfg = scope.config
+    if name == scope.scope_name:
+        found, spec, key = _io_lookup(getattr(cfg, f"module_{direction}_spec", None), index)
+        if found:
+            return spec, f"{scope.rule}.module_{direction}_spec[{key!r}]"
+    if next(iter(module.children()), None) is not None:
+        return None, f"{type(module).__name__} is a container; only module_{direction}_spec applies to it"
+    field_name = f"op_{direction}_spec"
+    found, opcfg, oprule = op_config(cfg, scope.scope_name, name, module)
+    if found:
+        if opcfg is None:
+            return None, f"{scope.rule}.{oprule} is None"
+        hit, spec, key = _io_lookup(getattr(opcfg, field_name), index)
+        return (spec, f"{scope.rule}.{oprule}.{field_name}[{key!r}]") if hit else (
+            None, f"{scope.rule}.{oprule}.{field_name} has no entry for {index}")
+    explicit = scope.rule != "global_config" and scope.scope_name == name
+    if not explicit and not isinstance(module, PALETTIZABLE_TYPES):
+        return None, f"{type(module).__name__} is not a palettizable layer type"
+    hit, spec, key = _io_lookup(getattr(cfg, field_name), index)
+    return (spec, f"{scope.rule}.{field_name}[{key!r}]") if hit else (
+        None, f"{scope.rule}.{field_name} has no entry for {index}")
+
+
 def warn_unmatched_keys(model: nn.Module, config: Any) -> list[str]:
     """Warn once about name/type keys of ``config`` that match no module; returns them."""
     modules = dict(model.named_modules(remove_duplicate=False))
@@ -184,5 +242,6 @@ def palettizable_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, PALETTIZABLE_TYPES)]
 
 
-__all__ = ["PALETTIZABLE_TYPES", "ResolvedTensor", "Scope", "UnmatchedConfigWarning", "canonical_name",
-           "governing_scope", "op_config", "palettizable_modules", "resolve_state_specs", "warn_unmatched_keys"]
+__all__ = ["ACTIVATION_DIRECTIONS", "PALETTIZABLE_TYPES", "ResolvedTensor", "Scope", "UnmatchedConfigWarning",
+           "canonical_name", "governing_scope", "op_config", "palettizable_modules", "resolve_activation_spec",
+           "resolve_state_specs", "warn_unmatched_keys"]

@@ -162,8 +162,9 @@ def _error_lines(exc: BaseException, path: str) -> list[str]:
     if ": " in message and " " not in message.split(": ", 1)[0]:
         head, rest = message.split(": ", 1)
         last = path.rsplit(".", 1)[-1] if path else ""
-        if head != last:
-            return [f"{path}.{head}: {rest}" if path else message]
+        if head == last:
+            return [f"{path}: {rest}"]
+        return [f"{path}.{head}: {rest}" if path else message]
     return [f"{path}: {message}" if path else message]
 
 
