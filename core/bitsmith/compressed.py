@@ -45,13 +45,33 @@ class LutQuantization:
 
 
 @define(frozen=True, eq=False)
+class SparseOutliers:
+    """Weights kept exact next to a palettized tensor (dense-and-sparse, as in SqueezeLLM).
+
+    ``indices``: int64 (nnz,), sorted positions in the row-major flattened tensor;
+    ``values``: (nnz,) at the weight's dtype. The dense tensor is the palettized one
+    with ``dense.view(-1)[indices] = values``. Stored cost: one value plus one 32-bit
+    position per outlier (:func:`bitsmith.sizes.record_size`).
+    """
+
+    indices: torch.Tensor
+    values: torch.Tensor
+
+    @property
+    def nnz(self) -> int:
+        """Number of weights kept exact."""
+        return int(self.indices.numel())
+
+
+@define(frozen=True, eq=False)
 class PalettizedTensor:
     """A tensor stored as LUT indices.
 
     ``lut``: (num_luts, 2**n_bits, cluster_dim) float32, the values actually used
     (already rounded through ``lut_quant`` when present). ``indices``: uint8, layout
     in the module docstring. ``per_channel_scale``: (shape[0],) float32 or None;
-    the dense tensor is ``lut[...] * scale`` broadcast along axis 0.
+    the dense tensor is ``lut[...] * scale`` broadcast along axis 0. ``outliers``:
+    optional :class:`SparseOutliers` written over the dense tensor last.
     """
 
     lut: torch.Tensor
@@ -62,6 +82,7 @@ class PalettizedTensor:
     axis: int = 0
     per_channel_scale: Optional[torch.Tensor] = None
     lut_quant: Optional[LutQuantization] = None
+    outliers: Optional[SparseOutliers] = None
 
     @property
     def n_bits(self) -> int:
@@ -95,7 +116,11 @@ class PalettizedTensor:
         dense = values.movedim(0, self.axis)
         if self.per_channel_scale is not None:
             dense = dense * self.per_channel_scale.reshape(-1, *([1] * (dense.dim() - 1)))
-        return dense.to(self.dtype).reshape(self.shape)
+        dense = dense.to(self.dtype).reshape(self.shape)
+        if self.outliers is not None and self.outliers.nnz:
+            dense = dense.contiguous()
+            dense.view(-1)[self.outliers.indices.long()] = self.outliers.values.to(self.dtype)
+        return dense
 
 
 @define(frozen=True, eq=False)

@@ -4,7 +4,8 @@ A palettized tensor of N weights costs ``N / cluster_dim * n_bits`` index bits p
 its LUTs: ``num_luts * 2**n_bits * cluster_dim`` entries at the weight's dtype, or at
 the ``lut_qspec`` dtype plus one scale (weight dtype) and, when asymmetric, one zero
 point (LUT dtype) per LUT; plus one weight-dtype scale per output channel when
-``enable_per_channel_scale``. A quantized tensor costs ``N * dtype bits`` plus its
+``enable_per_channel_scale``; plus, for sparse outliers kept exact (dense-and-sparse),
+one weight-dtype value and one 32-bit position per outlier. A quantized tensor costs ``N * dtype bits`` plus its
 scales (weight dtype) and zero points (quantized dtype). An uncompressed tensor
 costs ``N * dtype bits``. Sizes print in KiB/MiB (1024-based).
 
@@ -147,10 +148,26 @@ def spec_size(shape: Sequence[int], spec: Spec, dtype: torch.dtype = torch.float
     raise TypeError(f"not a spec: {spec!r}")
 
 
+OUTLIER_POSITION_BITS = 32
+"""Bits stored per sparse-outlier position (plus one weight-dtype value per outlier)."""
+
+
+def outliers_size(nnz: int, dtype: torch.dtype = torch.float32) -> TensorSize:
+    """Overhead of ``nnz`` sparse outliers kept exact next to a palettized tensor (no payload)."""
+    return TensorSize(0, 0, nnz * (dtype_bits(dtype) + OUTLIER_POSITION_BITS))
+
+
 def record_size(record: Union[PalettizedTensor, QuantizedTensor]) -> TensorSize:
-    """Size of a compressed tensor from its record (equals :func:`spec_size` of its spec)."""
+    """Size of a compressed tensor from its record.
+
+    Equals :func:`spec_size` of its spec, plus :func:`outliers_size` when a
+    palettized record carries sparse outliers.
+    """
     if isinstance(record, PalettizedTensor):
-        return palettized_size(record.shape, record.spec, record.dtype)
+        size = palettized_size(record.shape, record.spec, record.dtype)
+        if record.outliers is not None and record.outliers.nnz:
+            size = size + outliers_size(record.outliers.nnz, record.dtype)
+        return size
     if isinstance(record, QuantizedTensor):
         n = math.prod(record.shape)
         scales = record.scale.numel()

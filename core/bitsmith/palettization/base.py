@@ -78,6 +78,30 @@ class Palettizer:
         """Per-element importance for ``item`` (``None``: plain squared error). SKM overrides this."""
         return None
 
+    def clusterer(self) -> Any:
+        """The clusterer :meth:`prepare` uses: the one registered as :attr:`algorithm` (subclasses may bind it)."""
+        return self.registry.get("cluster", self.algorithm)
+
+    def finish_record(self, item: ResolvedTensor, record: compressed.PalettizedTensor) -> compressed.PalettizedTensor:
+        """Last change to a tensor's record before it is attached (SKM adds sparse outliers); identity here.
+
+        Called in :meth:`prepare` while ``item``'s tensor still holds its original values.
+        """
+        return record
+
+    def cluster_targets(self, targets: list[ResolvedTensor], clusterer: Any = None, *, num_workers: int = 1,
+                        executor: Optional[cf.Executor] = None, progress: Optional[bool] = None,
+                        seed: Optional[int] = None) -> list[compressed.PalettizedTensor]:
+        """Palettize every tensor of ``targets`` (from :meth:`plan`) and return the records, attaching nothing.
+
+        ``clusterer`` defaults to :meth:`clusterer`; sample weights come from
+        :meth:`sample_weight`. Parallelism as in :meth:`prepare`.
+        """
+        clusterer = self.clusterer() if clusterer is None else clusterer
+        jobs = [_Job(t.qualified_name, getattr(t.module, t.tensor_name).detach().cpu().float().numpy(),
+                     t.spec, self._sample_weight_np(t), seed) for t in targets]
+        return self._run(jobs, clusterer, num_workers, executor, progress)
+
     # ------------------------------------------------------------------ prepare
 
     def prepare(self, example_inputs: Any = None, *, inplace: bool = False, num_workers: int = 1,
@@ -96,14 +120,12 @@ class Palettizer:
         """
         model = self.model if inplace else copy.deepcopy(self.model)
         targets = self.plan(model)
-        clusterer = self.registry.get("cluster", self.algorithm)
-        jobs = [_Job(t.qualified_name, getattr(t.module, t.tensor_name).detach().cpu().float().numpy(),
-                     t.spec, self._sample_weight_np(t), seed) for t in targets]
-        results = self._run(jobs, clusterer, num_workers, executor, progress)
+        results = self.cluster_targets(targets, num_workers=num_workers, executor=executor, progress=progress,
+                                       seed=seed)
         rows, before_bits = [], 0
         for target, record in zip(targets, results):
             original = getattr(target.module, target.tensor_name).detach().clone()
-            record = _with_dtype(record, original.dtype)
+            record = self.finish_record(target, _with_dtype(record, original.dtype))
             for owner_name, owner, pname in _owners(model, getattr(target.module, target.tensor_name)):
                 compressed.attach(owner, pname, record)
             compressed.apply(target.module, target.tensor_name, record)
