@@ -13,4 +13,15 @@ from .hookspecs import hookimpl
 __version__ = "0.1.0"
 
 __all__ = ["BitsmithError", "CompressionError", "ConfigError", "ExportBackend", "PluginError", "__version__",
-           "finalize", "hookimpl"]
+           "compress", "finalize", "hookimpl", "load"]
+
+_LAZY = {"load": "loading", "compress": "pipeline"}
+
+
+def __getattr__(name: str):
+    """``bitsmith.load`` and ``bitsmith.compress``, imported on first use."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,365 @@
+"""The packed file format: a safetensors file plus a JSON header under the ``bitsmith`` metadata key.
+
+Tensors (safetensors names; ``/`` never occurs in a module name, so they cannot clash
+with state-dict keys):
+
+- every state-dict entry that no record covers, under its own key (tied tensors once,
+  the other names listed in ``tied``);
+- a palettized tensor ``q`` (``module.tensor``): ``q/indices`` (uint8, the record's
+  indices in row-major order bit-packed at ``n_bits`` by :mod:`bitsmith.packing`),
+  ``q/lut`` (float LUTs, shape ``(num_luts, 2**n_bits, cluster_dim)``) or, when the LUT
+  is quantized, ``q/lut_int`` + ``q/lut_scale`` (+ ``q/lut_zero_point``), and
+  ``q/per_channel_scale`` when present;
+- a quantized tensor ``q``: ``q/int_data`` (int8/uint8/float8 as is, int4/uint4
+  bit-packed at 4 bits with an offset of ``-qmin``), ``q/scale`` (+ ``q/zero_point``, packed
+  like the integers);
+- an activation quantization of ``module`` at ``input.i``/``output.i``:
+  ``module.input.i/scale`` (+ ``/zero_point``).
+
+The header (JSON) carries ``format``, ``schema_version``, the specs (each once, written
+with :func:`bitsmith.config.to_dict`) and one entry per record: kind, owning module,
+tensor name, aliases (other owners of a tied tensor), spec index, shape, dtype, axis.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Callable, Union
+
+import torch
+from torch import nn
+
+import bitsmith
+from bitsmith import compressed
+from bitsmith.compressed import ActivationQuant, LutQuantization, PalettizedTensor, QuantizedTensor
+from bitsmith.config import PalettizationSpec, QuantizationSpec, from_dict, to_dict
+from bitsmith.errors import CompressionError
+from bitsmith.packing import pack_bits, unpack_bits
+
+FORMAT = "bitsmith-packed"
+"""Value of the header's ``format`` field."""
+
+SCHEMA_VERSION = 1
+"""Version of the header layout; readers refuse files with a newer major version."""
+
+METADATA_KEY = "bitsmith"
+"""safetensors ``__metadata__`` key holding the JSON header."""
+
+_DTYPES = {str(d).removeprefix("torch."): d for d in (
+    torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int8, torch.uint8, torch.int16,
+    torch.int32, torch.int64, torch.bool, torch.float8_e4m3fn, torch.float8_e5m2)}
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _dtype(name: str) -> torch.dtype:
+    try:
+        return _DTYPES[name]
+    except KeyError:
+        raise CompressionError(f"unsupported dtype {name!r} in file; known: {', '.join(_DTYPES)}") from None
+
+
+def _qualified(module_name: str, tensor_name: str) -> str:
+    return f"{module_name}.{tensor_name}" if module_name else tensor_name
+
+
+class _Specs:
+    """Deduplicated table of specs written to the header."""
+
+    def __init__(self) -> None:
+        self.items: list[dict[str, Any]] = []
+        self._index: dict[str, int] = {}
+
+    def add(self, spec: Union[PalettizationSpec, QuantizationSpec]) -> int:
+        kind = "palettization" if isinstance(spec, PalettizationSpec) else "quantization"
+        item = {"type": kind, "spec": to_dict(spec)}
+        key = json.dumps(item, sort_keys=True)
+        if key not in self._index:
+            self._index[key] = len(self.items)
+            self.items.append(item)
+        return self._index[key]
+
+
+def _lut_from_quant(q: LutQuantization) -> torch.Tensor:
+    """The float LUT a :class:`LutQuantization` decodes to (as ``palettize_tensor`` computes it)."""
+    shape = q.int_lut.shape
+    flat = q.int_lut.reshape(shape[0], -1)
+    if q.spec.is_float8:
+        return (flat.float() * q.scale[:, None]).reshape(shape)
+    zp = torch.zeros_like(q.scale) if q.zero_point is None else q.zero_point.float()
+    return ((flat.float() - zp[:, None]) * q.scale[:, None]).reshape(shape)
+
+
+def _narrow_lossless(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t`` at ``dtype`` when that round-trips exactly, else ``t`` unchanged."""
+    if dtype == t.dtype or not dtype.is_floating_point:
+        return t
+    narrow = t.to(dtype)
+    return narrow if torch.equal(narrow.to(t.dtype), t) else t
+
+
+# --------------------------------------------------------------------------- encode
+
+
+def encode(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The tensors and the JSON header that represent ``model`` (records + remaining state)."""
+    specs = _Specs()
+    tensors: dict[str, torch.Tensor] = {}
+    entries: list[dict[str, Any]] = []
+    by_record: dict[int, dict[str, Any]] = {}
+    covered: set[str] = set()
+    for module_name, _module, tensor_name, record in compressed.iter_records(model):
+        q = _qualified(module_name, tensor_name)
+        if isinstance(record, ActivationQuant):
+            entries.append({"kind": "activation", "module": module_name, "tensor": tensor_name,
+                            "spec": specs.add(record.spec)})
+            _put(tensors, f"{q}/scale", record.scale)
+            if record.zero_point is not None:
+                _put(tensors, f"{q}/zero_point", record.zero_point)
+            continue
+        covered.add(q)
+        if id(record) in by_record:
+            by_record[id(record)]["aliases"].append([module_name, tensor_name])
+            continue
+        if isinstance(record, PalettizedTensor):
+            entry = _encode_palettized(q, record, tensors)
+        elif isinstance(record, QuantizedTensor):
+            entry = _encode_quantized(q, record, tensors)
+        else:
+            raise CompressionError(f"{q}: cannot store a {type(record).__name__} record")
+        entry.update(module=module_name, tensor=tensor_name, spec=specs.add(record.spec), aliases=[],
+                     shape=list(record.shape), dtype=_dtype_name(record.dtype))
+        by_record[id(record)] = entry
+        entries.append(entry)
+    tied: dict[str, str] = {}
+    stored: dict[int, str] = {}
+    for key, value in model.state_dict(keep_vars=True).items():
+        if key in covered:
+            continue
+        if id(value) in stored:
+            tied[key] = stored[id(value)]
+            continue
+        stored[id(value)] = key
+        _put(tensors, key, value)
+    header = {"format": FORMAT, "schema_version": SCHEMA_VERSION, "bitsmith_version": bitsmith.__version__,
+              "specs": specs.items, "records": entries, "tied": tied}
+    return tensors, header
+
+
+def _put(tensors: dict[str, torch.Tensor], key: str, value: torch.Tensor) -> None:
+    tensors[key] = value.detach().to("cpu").contiguous().clone()
+
+
+def _encode_palettized(q: str, record: PalettizedTensor, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+    _put(tensors, f"{q}/indices", pack_bits(record.indices, record.n_bits))
+    entry: dict[str, Any] = {"kind": "palettized", "axis": record.axis, "index_shape": list(record.indices.shape),
+                             "lut_shape": list(record.lut.shape), "lut": "float"}
+    lq = record.lut_quant
+    if lq is not None and torch.equal(_lut_from_quant(lq), record.lut):
+        entry["lut"] = "quantized"
+        _put(tensors, f"{q}/lut_int", lq.int_lut)
+        _put(tensors, f"{q}/lut_scale", lq.scale)
+        if lq.zero_point is not None:
+            _put(tensors, f"{q}/lut_zero_point", lq.zero_point)
+        entry["lut_spec"] = to_dict(lq.spec)
+    else:
+        # Without lut_quant, or a third-party lut_quant that does not decode to the LUT exactly:
+        # store the float LUT itself (exactness first), at the weight dtype when lossless.
+        _put(tensors, f"{q}/lut", _narrow_lossless(record.lut, record.dtype))
+        entry["lut_dtype"] = _dtype_name(record.lut.dtype)
+        if lq is not None:
+            entry["lut_spec"] = to_dict(lq.spec)
+            _put(tensors, f"{q}/lut_int", lq.int_lut)
+            _put(tensors, f"{q}/lut_scale", lq.scale)
+            if lq.zero_point is not None:
+                _put(tensors, f"{q}/lut_zero_point", lq.zero_point)
+    if record.per_channel_scale is not None:
+        _put(tensors, f"{q}/per_channel_scale", record.per_channel_scale)
+    return entry
+
+
+def _encode_quantized(q: str, record: QuantizedTensor, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+    entry: dict[str, Any] = {"kind": "quantized", "int_dtype": _dtype_name(record.int_data.dtype),
+                             "int_shape": list(record.int_data.shape), "packed_bits": None}
+    bits = record.spec.n_bits
+    packed = bits < 8 and not record.int_data.is_floating_point()
+    if packed:
+        lo = int(record.spec.quant_range[0])
+        _put(tensors, f"{q}/int_data", pack_bits(record.int_data.to(torch.int64) - lo, bits))
+        entry.update(packed_bits=bits, offset=lo)
+    else:
+        _put(tensors, f"{q}/int_data", record.int_data)
+    _put(tensors, f"{q}/scale", record.scale)
+    if record.zero_point is not None:
+        zp = record.zero_point
+        entry.update(zp_dtype=_dtype_name(zp.dtype), zp_shape=list(zp.shape))
+        _put(tensors, f"{q}/zero_point", pack_bits(zp.to(torch.int64) - lo, bits) if packed else zp)
+    return entry
+
+
+def write(model: nn.Module, path: Union[str, Path]) -> Path:
+    """Write ``model`` (with its compressed records) to ``path``; returns the path."""
+    from safetensors.torch import save_file
+
+    tensors, header = encode(model)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata={METADATA_KEY: json.dumps(header, separators=(",", ":"))})
+    return path
+
+
+# --------------------------------------------------------------------------- decode
+
+
+def read_header(path: Union[str, Path]) -> dict[str, Any]:
+    """The bitsmith JSON header of a file (``ValueError`` when it is not a bitsmith packed file)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as fh:
+        meta = fh.metadata() or {}
+    return _check_header(meta, path)
+
+
+def _check_header(meta: dict[str, str], path: Any) -> dict[str, Any]:
+    if METADATA_KEY not in meta:
+        raise ValueError(f"{path}: not a bitsmith packed file (no {METADATA_KEY!r} metadata); "
+                         "plain safetensors state dicts load with safetensors.torch.load_file")
+    header = json.loads(meta[METADATA_KEY])
+    if header.get("format") != FORMAT:
+        raise ValueError(f"{path}: format {header.get('format')!r} is not {FORMAT!r}")
+    version = header.get("schema_version")
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise ValueError(f"{path}: schema_version {version!r} is newer than this reader ({SCHEMA_VERSION}); "
+                         "upgrade bitsmith-export-safetensors")
+    return header
+
+
+def read(path: Union[str, Path], model: nn.Module) -> nn.Module:
+    """Load the file at ``path`` into ``model`` (the uncompressed architecture) and attach its records.
+
+    Every state-dict key of ``model`` must be in the file (dense, compressed or tied) and
+    every record's module and shape must exist in ``model``; errors name the key.
+    """
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as fh:
+        header = _check_header(fh.metadata() or {}, path)
+        tensors = {key: fh.get_tensor(key) for key in fh.keys()}
+    specs = [_spec(item) for item in header["specs"]]
+    expected = model.state_dict(keep_vars=True)
+    dense = {k: v for k, v in tensors.items() if "/" not in k}
+    for alias, key in header.get("tied", {}).items():
+        dense[alias] = dense[key]
+    covered = set()
+    for entry in header["records"]:
+        if entry["kind"] != "activation":
+            covered.add(_qualified(entry["module"], entry["tensor"]))
+            covered.update(_qualified(m, t) for m, t in entry["aliases"])
+    missing = [k for k in expected if k not in dense and k not in covered]
+    unexpected = [k for k in dense if k not in expected]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing from the file: {', '.join(missing[:8])}{' …' if len(missing) > 8 else ''}")
+        if unexpected:
+            parts.append(f"not in the model: {', '.join(unexpected[:8])}{' …' if len(unexpected) > 8 else ''}")
+        raise ValueError(f"{path}: the file does not match the model from model_factory ({'; '.join(parts)})")
+    model.load_state_dict(dense, strict=False)
+    for entry in header["records"]:
+        module = _module(model, entry["module"], path)
+        q = _qualified(entry["module"], entry["tensor"])
+        spec = specs[entry["spec"]]
+        if entry["kind"] == "activation":
+            zp = tensors.get(f"{q}/zero_point")
+            compressed.attach(module, entry["tensor"], ActivationQuant(scale=tensors[f"{q}/scale"], zero_point=zp,
+                                                                      spec=spec))
+            continue
+        if entry["kind"] == "palettized":
+            record = _decode_palettized(q, entry, spec, tensors)
+        elif entry["kind"] == "quantized":
+            record = _decode_quantized(q, entry, spec, tensors)
+        else:
+            raise ValueError(f"{path}: record {q}: unknown kind {entry['kind']!r}")
+        target = getattr(module, entry["tensor"], None)
+        if not isinstance(target, torch.Tensor) or tuple(target.shape) != tuple(record.shape):
+            got = tuple(target.shape) if isinstance(target, torch.Tensor) else "no such tensor"
+            raise ValueError(f"{path}: record {q} has shape {tuple(record.shape)}, the model's is {got}")
+        for alias_module, alias_tensor in entry["aliases"]:
+            compressed.attach(_module(model, alias_module, path), alias_tensor, record)
+        compressed.apply(module, entry["tensor"], record)
+    return model
+
+
+def _spec(item: dict[str, Any]) -> Union[PalettizationSpec, QuantizationSpec]:
+    cls = PalettizationSpec if item["type"] == "palettization" else QuantizationSpec
+    return from_dict(item["spec"], cls)
+
+
+def _module(model: nn.Module, name: str, path: Any) -> nn.Module:
+    try:
+        return model.get_submodule(name) if name else model
+    except AttributeError:
+        raise ValueError(f"{path}: the file has records for module {name!r}, which the model from "
+                         "model_factory does not have; is it the same architecture?") from None
+
+
+def _decode_palettized(q: str, entry: dict[str, Any], spec: PalettizationSpec,
+                       tensors: dict[str, torch.Tensor]) -> PalettizedTensor:
+    index_shape = tuple(entry["index_shape"])
+    indices = unpack_bits(tensors[f"{q}/indices"], spec.n_bits, math.prod(index_shape)).reshape(index_shape)
+    lut_quant = None
+    if f"{q}/lut_int" in tensors:
+        lut_quant = LutQuantization(int_lut=tensors[f"{q}/lut_int"], scale=tensors[f"{q}/lut_scale"],
+                                    zero_point=tensors.get(f"{q}/lut_zero_point"),
+                                    spec=from_dict(entry["lut_spec"], QuantizationSpec))
+    if entry["lut"] == "quantized":
+        lut = _lut_from_quant(lut_quant)
+    else:
+        lut = tensors[f"{q}/lut"].to(_dtype(entry["lut_dtype"]))
+    return PalettizedTensor(lut=lut, indices=indices.contiguous(), spec=spec, shape=tuple(entry["shape"]),
+                            dtype=_dtype(entry["dtype"]), axis=entry["axis"],
+                            per_channel_scale=tensors.get(f"{q}/per_channel_scale"), lut_quant=lut_quant)
+
+
+def _decode_quantized(q: str, entry: dict[str, Any], spec: QuantizationSpec,
+                      tensors: dict[str, torch.Tensor]) -> QuantizedTensor:
+    int_shape = tuple(entry["int_shape"])
+    data = tensors[f"{q}/int_data"]
+    if entry.get("packed_bits"):
+        values = unpack_bits(data, entry["packed_bits"], math.prod(int_shape)).to(torch.int64) + entry["offset"]
+        data = values.to(_dtype(entry["int_dtype"]))
+    data = data.reshape(int_shape)
+    zp = tensors.get(f"{q}/zero_point")
+    if zp is not None and entry.get("packed_bits"):
+        zp_shape = tuple(entry["zp_shape"])
+        zp = (unpack_bits(zp, entry["packed_bits"], math.prod(zp_shape)).to(torch.int64) + entry["offset"])
+        zp = zp.to(_dtype(entry["zp_dtype"])).reshape(zp_shape)
+    return QuantizedTensor(int_data=data, scale=tensors[f"{q}/scale"], zero_point=zp,
+                           spec=spec, shape=tuple(entry["shape"]), dtype=_dtype(entry["dtype"]))
+
+
+def build_model(model_factory: Union[Callable[[], nn.Module], nn.Module]) -> nn.Module:
+    """An uncompressed model instance from a factory callable (or an instance, used as is)."""
+    if isinstance(model_factory, nn.Module):
+        return model_factory
+    if not callable(model_factory):
+        raise TypeError(f"model_factory: expected a callable returning an nn.Module, got {model_factory!r}")
+    model = model_factory()
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model_factory: returned {type(model).__name__}, expected a torch.nn.Module")
+    return model
+
+
+def header_nbytes(path: Union[str, Path]) -> int:
+    """Bytes before the tensor data: the 8-byte length prefix plus the safetensors JSON header."""
+    with open(path, "rb") as fh:
+        return 8 + int.from_bytes(fh.read(8), "little")
+
+
+__all__ = ["FORMAT", "METADATA_KEY", "SCHEMA_VERSION", "build_model", "encode", "header_nbytes", "read",
+           "read_header", "write"]
+
