@@ -7,7 +7,7 @@ from typing import Any, Callable, Union
 
 from torch import nn
 
-from bitsmith import compressed
+from bitsmith.loading import enable_activation_quant
 
 from . import format as fmt
 
@@ -26,8 +26,14 @@ class SafetensorsBackend:
     suffix = ".safetensors"
 
     def finalize(self, model: nn.Module) -> nn.Module:
-        """Validate that ``model``'s records can be stored; return ``model``."""
+        """Check that ``model``'s records can be stored; make its activation records act; return ``model``.
+
+        After a quantizer's ``finalize`` the activation ranges live in records only; the
+        returned model fake-quantizes them in eager PyTorch again (as :meth:`load` does),
+        so it computes exactly what the prepared model did.
+        """
         fmt.encode(model)
+        enable_activation_quant(model)
         return model
 
     def save(self, model: nn.Module, path: Union[str, Path], *, example_inputs: Any = None) -> Path:
@@ -37,12 +43,5 @@ class SafetensorsBackend:
     def load(self, path: Union[str, Path], model_factory: Union[Callable[[], nn.Module], nn.Module]) -> nn.Module:
         """A model built by ``model_factory`` with the file's weights and records, in eval mode."""
         model = fmt.read(path, fmt.build_model(model_factory))
-        compressed_activations(model)
+        enable_activation_quant(model)
         return model.eval()
-
-
-def compressed_activations(model: nn.Module) -> None:
-    """Make the activation quantization records of ``model`` take effect in eager PyTorch."""
-    from bitsmith.loading import enable_activation_quant
-
-    enable_activation_quant(model)

@@ -9,7 +9,8 @@ with state-dict keys):
   indices in row-major order bit-packed at ``n_bits`` by :mod:`bitsmith.packing`),
   ``q/lut`` (float LUTs, shape ``(num_luts, 2**n_bits, cluster_dim)``) or, when the LUT
   is quantized, ``q/lut_int`` + ``q/lut_scale`` (+ ``q/lut_zero_point``), and
-  ``q/per_channel_scale`` when present;
+  ``q/per_channel_scale`` when present, ``q/outlier_positions`` (int32, flat positions) and
+  ``q/outlier_values`` for sparse outliers kept exact;
 - a quantized tensor ``q``: ``q/int_data`` (int8/uint8/float8 as is, int4/uint4
   bit-packed at 4 bits with an offset of ``-qmin``), ``q/scale`` (+ ``q/zero_point``, packed
   like the integers);
@@ -18,7 +19,9 @@ with state-dict keys):
 
 The header (JSON) carries ``format``, ``schema_version``, the specs (each once, written
 with :func:`bitsmith.config.to_dict`) and one entry per record: kind, owning module,
-tensor name, aliases (other owners of a tied tensor), spec index, shape, dtype, axis.
+tensor name, aliases (other owners of a tied tensor), spec index, shape, dtype, axis; and
+``identity_modules``: modules that compression replaced by ``nn.Identity`` (batch norms a
+quantizer folded into the preceding layer), replayed on the factory's model at load.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from torch import nn
 
 import bitsmith
 from bitsmith import compressed
-from bitsmith.compressed import ActivationQuant, LutQuantization, PalettizedTensor, QuantizedTensor
+from bitsmith.compressed import ActivationQuant, LutQuantization, PalettizedTensor, QuantizedTensor, SparseOutliers
 from bitsmith.config import PalettizationSpec, QuantizationSpec, from_dict, to_dict
 from bitsmith.errors import CompressionError
 from bitsmith.packing import pack_bits, unpack_bits
@@ -145,8 +148,9 @@ def encode(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
             continue
         stored[id(value)] = key
         _put(tensors, key, value)
+    identity = [name for name, module in model.named_modules() if name and type(module) is nn.Identity]
     header = {"format": FORMAT, "schema_version": SCHEMA_VERSION, "bitsmith_version": bitsmith.__version__,
-              "specs": specs.items, "records": entries, "tied": tied}
+              "specs": specs.items, "records": entries, "tied": tied, "identity_modules": identity}
     return tensors, header
 
 
@@ -179,6 +183,12 @@ def _encode_palettized(q: str, record: PalettizedTensor, tensors: dict[str, torc
                 _put(tensors, f"{q}/lut_zero_point", lq.zero_point)
     if record.per_channel_scale is not None:
         _put(tensors, f"{q}/per_channel_scale", record.per_channel_scale)
+    outliers = record.outliers
+    if outliers is not None and outliers.nnz:
+        if int(outliers.indices.max()) >= 2**31:
+            raise CompressionError(f"{q}: outlier positions beyond 2**31 do not fit the format's int32 positions")
+        _put(tensors, f"{q}/outlier_positions", outliers.indices.to(torch.int32))
+        _put(tensors, f"{q}/outlier_values", outliers.values)
     return entry
 
 
@@ -250,10 +260,11 @@ def read(path: Union[str, Path], model: nn.Module) -> nn.Module:
         header = _check_header(fh.metadata() or {}, path)
         tensors = {key: fh.get_tensor(key) for key in fh.keys()}
     specs = [_spec(item) for item in header["specs"]]
-    expected = model.state_dict(keep_vars=True)
     dense = {k: v for k, v in tensors.items() if "/" not in k}
     for alias, key in header.get("tied", {}).items():
         dense[alias] = dense[key]
+    _replay_structure(model, header.get("identity_modules", []), dense, path)
+    expected = model.state_dict(keep_vars=True)
     covered = set()
     for entry in header["records"]:
         if entry["kind"] != "activation":
@@ -294,6 +305,31 @@ def read(path: Union[str, Path], model: nn.Module) -> nn.Module:
     return model
 
 
+def _replay_structure(model: nn.Module, identity: list[str], dense: dict[str, torch.Tensor], path: Any) -> None:
+    """Repeat the structural edits compression made (e.g. a quantizer folding batch norms).
+
+    Modules saved as ``nn.Identity`` replace the factory's module of that name, and a
+    parameter in the file that the factory registered as ``None`` (a convolution built
+    with ``bias=False`` whose bias came from folding) is created.
+    """
+    for name in identity:
+        parent_name, _, child = name.rpartition(".")
+        parent = _module(model, parent_name, path)
+        if child not in parent._modules:
+            raise ValueError(f"{path}: the file replaces module {name!r} by Identity, but the model from "
+                             "model_factory has no such module; is it the same architecture?")
+        if type(parent._modules[child]) is not nn.Identity:
+            parent._modules[child] = nn.Identity()
+    for key, value in dense.items():
+        owner_name, _, pname = key.rpartition(".")
+        try:
+            owner = model.get_submodule(owner_name) if owner_name else model
+        except AttributeError:
+            continue
+        if pname in owner._parameters and owner._parameters[pname] is None:
+            owner._parameters[pname] = nn.Parameter(torch.empty_like(value))
+
+
 def _spec(item: dict[str, Any]) -> Union[PalettizationSpec, QuantizationSpec]:
     cls = PalettizationSpec if item["type"] == "palettization" else QuantizationSpec
     return from_dict(item["spec"], cls)
@@ -320,9 +356,13 @@ def _decode_palettized(q: str, entry: dict[str, Any], spec: PalettizationSpec,
         lut = _lut_from_quant(lut_quant)
     else:
         lut = tensors[f"{q}/lut"].to(_dtype(entry["lut_dtype"]))
+    extra = {}
+    if f"{q}/outlier_positions" in tensors:
+        extra["outliers"] = SparseOutliers(indices=tensors[f"{q}/outlier_positions"].to(torch.int64),
+                                           values=tensors[f"{q}/outlier_values"])
     return PalettizedTensor(lut=lut, indices=indices.contiguous(), spec=spec, shape=tuple(entry["shape"]),
                             dtype=_dtype(entry["dtype"]), axis=entry["axis"],
-                            per_channel_scale=tensors.get(f"{q}/per_channel_scale"), lut_quant=lut_quant)
+                            per_channel_scale=tensors.get(f"{q}/per_channel_scale"), lut_quant=lut_quant, **extra)
 
 
 def _decode_quantized(q: str, entry: dict[str, Any], spec: QuantizationSpec,

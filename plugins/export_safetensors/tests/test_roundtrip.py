@@ -234,3 +234,39 @@ def test_load_by_suffix_through_entry_points(tmp_path, net, factory, inputs, clu
     with pytest.raises(bitsmith.PluginError, match=r"no export backend reads '\.bin'.*\.safetensors \(safetensors\)"):
         (tmp_path / "m.bin").write_bytes(b"x")
         bitsmith.load(tmp_path / "m.bin", factory)
+
+
+def test_sparse_outliers(tmp_path, net, factory, inputs, clusterer):
+    from bitsmith.compressed import SparseOutliers
+
+    palettize(net, PalettizationSpec(n_bits=2), clusterer, layers=("conv2",))
+    record = compressed.records(net.conv2)["weight"]
+    positions = torch.tensor([0, 17, 400, 4607])
+    values = torch.tensor([0.5, -0.25, 1.0, 2.0])
+    import attrs
+
+    with_outliers = attrs.evolve(record, outliers=SparseOutliers(indices=positions, values=values))
+    compressed.apply(net.conv2, "weight", with_outliers)
+    assert net.conv2.weight.view(-1)[4607] == 2.0
+    loaded, path = roundtrip(tmp_path, net, factory, inputs)
+    got = compressed.records(loaded.conv2)["weight"].outliers
+    assert torch.equal(got.indices, positions) and torch.equal(got.values, values)
+    assert_size_matches_accounting(net, path)
+
+
+def test_structural_edits_are_replayed(tmp_path, clusterer, quantize):
+    """A folded batch norm (Identity) and a bias created by folding come back on the factory's model."""
+    def make():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, bias=False), torch.nn.BatchNorm2d(8),
+                                   torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(8 * 36, 4)).eval()
+
+    model = make()
+    model[0].bias = torch.nn.Parameter(torch.randn(8))
+    model[1] = torch.nn.Identity()
+    quantize(model, "0", QuantizationSpec(dtype="int8", granularity=PerChannelGranularity(axis=0)))
+    x = torch.randn(2, 3, 8, 8)
+    path = BACKEND.save(model, tmp_path / "folded.safetensors")
+    loaded = bitsmith.load(path, make, registry=_registry())
+    assert isinstance(loaded[1], torch.nn.Identity) and loaded[0].bias is not None
+    assert torch.equal(loaded(x), model(x))
