@@ -38,19 +38,25 @@ def make_net(seed: int = 0) -> Net:
 
 
 def lloyd(x: torch.Tensor, k: int, *, sample_weight=None, seed=None):
-    """Deterministic k-means (quantile init + 10 Lloyd steps) satisfying the Clusterer protocol."""
+    """Deterministic k-means (quantile init + 4 Lloyd steps) satisfying the Clusterer protocol; fast, not optimal."""
     x = x.float()
     order = x[:, 0].argsort()
-    init = x[order[torch.linspace(0, x.shape[0] - 1, min(k, x.shape[0])).round().long()]]
-    centroids = init.unique(dim=0)
-    for _ in range(10):
-        labels = torch.cdist(x, centroids).argmin(1)
+    centroids = x[order[torch.linspace(0, x.shape[0] - 1, min(k, x.shape[0])).round().long()]].unique(dim=0)
+    for _ in range(4):
+        labels = _nearest(x, centroids)
         sums = torch.zeros_like(centroids).index_add_(0, labels, x)
         counts = torch.bincount(labels, minlength=centroids.shape[0]).float()
         keep = counts > 0
-        centroids = (sums[keep] / counts[keep, None])
-    labels = torch.cdist(x, centroids).argmin(1)
-    return centroids, labels
+        centroids = sums[keep] / counts[keep, None]
+    return centroids, _nearest(x, centroids)
+
+
+def _nearest(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    if x.shape[1] == 1:  # scalar: sorted centroids, bucketize against midpoints
+        order = centroids[:, 0].argsort()
+        sorted_c = centroids[order, 0]
+        return order[torch.bucketize(x[:, 0], (sorted_c[1:] + sorted_c[:-1]) / 2)]
+    return torch.cdist(x, centroids).argmin(1)
 
 
 def quantize_record(weight: torch.Tensor, spec: QuantizationSpec) -> QuantizedTensor:
