@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from typing import Iterable, Optional, Sequence, Union
 
+import attrs
 import torch
 from attrs import define
 from torch import nn
@@ -217,22 +218,41 @@ def model_size(model: nn.Module, *, dtype: Optional[torch.dtype] = None) -> Mode
 
     ``dtype`` prices uncompressed tensors at another dtype (e.g. ``torch.float16``
     for an fp16 deployment baseline); by default each tensor's own dtype is used.
+    A record shared by several modules (tied weights) counts once. Tensors that a
+    record stores (its LUT, indices, scales, ...) are part of the record's size, so an
+    export backend that keeps them as module buffers does not count them twice.
     """
-    compressed, seen = ZERO, set()
+    compressed, seen, counted = ZERO, set(), set()
     for _, module, name, record in iter_records(model):
+        seen.update(id(t) for t in _record_tensors(record))
         if isinstance(record, ActivationQuant):
             continue
-        tensor = getattr(module, name, None)
-        key = id(tensor) if tensor is not None else id(record)
-        if key in seen:
+        tensor = module._parameters.get(name, module._buffers.get(name))  # a stored tensor, never a computed one
+        keys = {id(record)} if tensor is None else {id(record), id(tensor)}
+        if keys & counted:
             continue
-        seen.add(key)
+        counted |= keys
+        if tensor is not None:
+            seen.add(id(tensor))
         compressed = compressed + record_size(record)
     uncompressed = ZERO
     for tensor in _unique_tensors(model):
         if id(tensor) not in seen:
             uncompressed = uncompressed + dense_size(tensor.shape, dtype or tensor.dtype)
     return ModelSize(compressed, uncompressed)
+
+
+def _record_tensors(record: object) -> Iterable[torch.Tensor]:
+    """Every tensor a record holds (LUTs, indices, scales, zero points, outliers)."""
+    stack = [record]
+    while stack:
+        obj = stack.pop()
+        for field in attrs.fields(type(obj)):
+            value = getattr(obj, field.name)
+            if isinstance(value, torch.Tensor):
+                yield value
+            elif attrs.has(type(value)):
+                stack.append(value)
 
 
 def _unique_tensors(model: nn.Module) -> Iterable[torch.Tensor]:

@@ -70,6 +70,8 @@ class Palettizer:
             seen.add(id(tensor))
             if not tensor.is_floating_point():
                 raise CompressionError(f"{item.qualified_name}: cannot palettize a {tensor.dtype} tensor")
+            if not bool(torch.isfinite(tensor).all()):
+                raise CompressionError(f"{item.qualified_name}: has NaN or infinite values; cannot palettize it")
             check_palettizable(tuple(tensor.shape), item.spec, item.qualified_name)
             targets.append(item)
         return targets

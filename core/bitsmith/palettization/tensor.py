@@ -55,6 +55,8 @@ def palettize_tensor(weight: torch.Tensor, spec: PalettizationSpec, clusterer: C
     check_palettizable(shape, spec, name)
     axis, d, k = layout_axis(spec), spec.cluster_dim, spec.n_clusters
     w = weight.detach().to(device="cpu", dtype=torch.float32)
+    if not bool(torch.isfinite(w).all()):
+        raise CompressionError(f"{name}: has NaN or infinite values; cannot palettize it")
     scale = None
     if spec.enable_per_channel_scale:
         scale = w.reshape(shape[0], -1).abs().amax(dim=1)

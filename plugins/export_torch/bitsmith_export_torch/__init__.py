@@ -1,0 +1,1 @@
+"""bitsmith-export-torch: the ``"torch"`` export backend (plain dense PyTorch; see :mod:`.backend`)."""
