@@ -1,0 +1,399 @@
+"""Stage 1 of mixed precision: the sensitivity table.
+
+For every layer and every candidate, compress that layer alone and score the model's
+output against the uncompressed output (seed 000). The work is organised so that
+nothing is done twice:
+
+1. inputs are checked up front (metric, palettizers, candidates, layers, data,
+   engine): a bad argument fails before any model work, naming the field;
+2. the reference (uncompressed) outputs are computed once;
+3. each (layer, candidate) is clustered once, by the candidate's palettizer
+   (``cluster_targets``, parallel on the executor), and its record is kept: on the
+   returned table (``table.records``, reused by :func:`apply_recipe`) and in the
+   on-disk cache;
+4. each pair is scored by an engine (:mod:`bitsmith.mixed_precision.engine`),
+   in-process or on any ``concurrent.futures.Executor``; every score is appended to
+   the cache as soon as it exists, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import copy
+import math
+import multiprocessing
+import os
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
+
+import attrs
+import torch
+from torch import nn
+
+from .. import compressed, plugins
+from ..config import KMeansPalettizerConfig, ModuleKMeansPalettizerConfig, PalettizationSpec
+from ..errors import CompressionError, ConfigError
+from ..palettization import Palettizer
+from ..palettization.tensor import check_palettizable
+from ..progress import progress_bar
+from ..resolve import ResolvedTensor
+from ..sizes import dense_size, dtype_bits, model_size, record_size
+from .cache import SensitivityCache, default_cache_dir, digest
+from .candidates import Candidate, CandidateLike, resolve_candidates
+from .engine import ENGINES, EvalTask, EvalUnit, UnitResult, run_unit, warn_fallback
+from .inputs import Batch, LayerInfo, default_output_fn, find_layers, hash_data, hash_weights, normalize_data, \
+    run_batches
+from .table import SCHEMA_VERSION, SensitivityRow, SensitivityTable
+
+__all__ = ["compute_sensitivity"]
+
+_DEFAULT = object()
+
+
+def compute_sensitivity(model: nn.Module, data: Any, candidates: Optional[Iterable[CandidateLike]] = None,
+                        metric: str = "psnr", palettizer: str = "kmeans", *,
+                        layers: Union[None, str, Sequence[str]] = None,
+                        output_fn: Optional[Callable[[Any], torch.Tensor]] = None,
+                        cache_dir: Any = _DEFAULT, executor: Optional[cf.Executor] = None, num_workers: int = 1,
+                        progress: Optional[bool] = None, engine: str = "auto",
+                        palettizers: Optional[Mapping[str, Any]] = None, calibration_data: Any = None,
+                        registry: Optional[plugins.Registry] = None) -> SensitivityTable:
+    """Score every (layer, candidate) pair of ``model`` on ``data``; returns a :class:`SensitivityTable`.
+
+    :param model: the uncompressed model (it is run in eval mode and left unchanged).
+    :param data: one batch (tensor, tuple of positional inputs, dict of keyword
+        inputs) or a list of batches; see :mod:`bitsmith.mixed_precision.inputs`.
+    :param candidates: :class:`Candidate` objects, specs, bit widths or labels such
+        as ``"4-bit g16"``; default 2/4/6-bit per-tensor. A candidate that cannot
+        apply to a layer (group size not dividing its channels) is skipped there.
+    :param metric: registered sensitivity metric (``"psnr"``, ``"kl"``, ``"sqnr"``, ``"mse"``).
+    :param palettizer: registered palettizer clustering candidates that name none.
+    :param layers: names or full-match regexes restricting the scored layers.
+    :param output_fn: picks the scored tensor from the model output (default: the
+        output tensor, the first tuple element, or ``logits``).
+    :param cache_dir: cache root (default ``$BITSMITH_CACHE_DIR`` or
+        ``./.bitsmith-cache``); ``None`` disables the on-disk cache.
+    :param executor: any ``concurrent.futures.Executor`` (e.g. a Dask
+        ``Client.get_executor()``) for clustering and scoring.
+    :param num_workers: > 1 (without ``executor``) scores on that many spawned processes.
+    :param progress: show progress bars (default: when stderr is a terminal).
+    :param engine: ``"fast"`` (torch.fx: re-run only the graph after the changed
+        layer), ``"naive"`` (full forward per pair) or ``"auto"`` (fast, falling
+        back to naive with an :class:`EngineFallbackWarning` when fx cannot trace).
+    :param palettizers: ready palettizer instances by name (e.g. a calibrated
+        ``SKMPalettizer``) used instead of building them.
+    :param calibration_data: batches for palettizers that need calibration (a
+        ``compute_sensitivity(data)`` method, like ``SKMPalettizer``); default ``data``.
+    :param registry: plugin registry (default: the process-wide one).
+    """
+    started = time.perf_counter()
+    registry = registry or plugins.default_registry()
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    if engine not in ENGINES:
+        raise ConfigError(f"engine: {engine!r} is not one of {', '.join(ENGINES)}")
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
+        raise ConfigError(f"num_workers: expected a positive integer, got {num_workers!r}")
+    metric_name, metric_impl = _resolve_metric(metric, registry)
+    cands = [c.bound(palettizer) for c in resolve_candidates(candidates)]
+    instances = dict(palettizers or {})
+    classes = {name: registry.get("palettizer", name) for name in dict.fromkeys(c.palettizer for c in cands)
+               if name not in instances}
+    infos = find_layers(model, layers)
+    if not infos:
+        raise CompressionError(f"{type(model).__name__} has no palettizable layer to score")
+    applicable = _applicability(infos, cands)
+    batches = normalize_data(data)
+    output_fn = output_fn or default_output_fn
+
+    run_key = digest(SCHEMA_VERSION, hash_weights(model), hash_data(batches), metric_name,
+                     _version(registry, "sensitivity_metric", metric_name), repr(metric_impl),
+                     getattr(output_fn, "__module__", ""), getattr(output_fn, "__qualname__", repr(output_fn)))
+    root = default_cache_dir() if cache_dir is _DEFAULT else cache_dir
+    cache = SensitivityCache(root, run_key, {"schema_version": SCHEMA_VERSION, "model": type(model).__qualname__,
+                                             "metric": metric_name, "batches": len(batches)})
+    pair_keys = {c.label: c.key() + ":" + str(_version(registry, "palettizer", c.palettizer)) for c in cands}
+
+    was_training = model.training
+    model.eval()
+    try:
+        t0 = time.perf_counter()
+        reference = run_batches(model, batches, output_fn)
+        baseline_s = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        records = _cluster(model, infos, cands, applicable, cache, pair_keys, classes, instances, registry,
+                           calibration_data if calibration_data is not None else _raw(batches), executor,
+                           num_workers, progress)
+        cluster_s = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        todo = [(li, ci) for li, info in enumerate(infos) for ci in applicable[li]
+                if cache.row(info.name, cache.pair_key(info.name, pair_keys[cands[ci].label])) is None]
+        engine_used, notes = _score(model, infos, cands, todo, records, batches, reference, metric_impl, output_fn,
+                                    "fast" if engine == "auto" else engine, cache, pair_keys, executor, num_workers,
+                                    progress)
+        score_s = time.perf_counter() - t0
+    finally:
+        model.train(was_training)
+
+    rows = []
+    for li, info in enumerate(infos):
+        for ci in applicable[li]:
+            cand = cands[ci]
+            pair = cache.pair_key(info.name, pair_keys[cand.label])
+            score = float(cache.row(info.name, pair)["score"])
+            size = record_size(records[(li, ci)])
+            rows.append(SensitivityRow(layer=info.name, candidate=cand.label, spec=cand.spec,
+                                       palettizer=cand.palettizer, numel=info.numel, bits=size.total_bits,
+                                       index_bits=size.payload_bits, score=score,
+                                       distortion=_distortion(metric_impl, score)))
+    layer_bits = sum(dense_size(i.shape, i.torch_dtype).total_bits for i in infos)
+    meta = {"engine": engine_used, "engine_requested": engine, "engine_notes": notes, "samples": int(reference.shape[0]),
+            "batches": len(batches), "model": type(model).__qualname__, "pairs": len(rows), "pairs_scored": len(todo),
+            "seconds": {"baseline": baseline_s, "cluster": cluster_s, "score": score_s,
+                        "total": time.perf_counter() - started},
+            "cache": str(cache.path) if cache.path else None, "run_key": run_key,
+            "candidates": [c.to_dict() for c in cands]}
+    return SensitivityTable(rows=rows, layers=infos, metric=metric_name,
+                            higher_is_better=bool(metric_impl.higher_is_better), unit=str(metric_impl.unit),
+                            uncompressed_bits=model_size(model).total.total_bits - layer_bits, meta=meta,
+                            records={(infos[li].name, cands[ci].label): rec for (li, ci), rec in records.items()})
+
+
+# ---------------------------------------------------------------------- checks
+
+
+def _resolve_metric(metric: Any, registry: plugins.Registry) -> tuple[str, Any]:
+    if isinstance(metric, str):
+        return metric, registry.get("sensitivity_metric", metric)
+    for attr in ("score", "to_distortion", "higher_is_better", "unit"):
+        if not hasattr(metric, attr):
+            raise TypeError(f"metric: expected a registered metric name or a SensitivityMetric, got {metric!r} "
+                            f"(no {attr!r})")
+    return str(getattr(metric, "name", type(metric).__name__)), metric
+
+
+def _version(registry: plugins.Registry, kind: str, name: str) -> Optional[str]:
+    try:
+        return registry.provider(kind, name).version
+    except Exception:  # noqa: BLE001 - instances passed by the caller have no provider
+        return None
+
+
+def _applicability(infos: Sequence[LayerInfo], cands: Sequence[Candidate]) -> list[list[int]]:
+    applicable = []
+    for info in infos:
+        ok, reasons = [], []
+        for ci, cand in enumerate(cands):
+            try:
+                check_palettizable(info.shape, cand.spec, info.qualified_name)
+                ok.append(ci)
+            except CompressionError as exc:
+                reasons.append(f"{cand.label}: {exc}")
+        if not ok:
+            raise CompressionError(f"layer {info.name!r} {info.shape}: no candidate applies\n  " + "\n  ".join(reasons))
+        applicable.append(ok)
+    return applicable
+
+
+def _distortion(metric: Any, score: float) -> float:
+    if math.isnan(score):
+        return math.inf
+    return float(metric.to_distortion(score))
+
+
+def _raw(batches: Sequence[Batch]) -> list[Any]:
+    return [kwargs if kwargs else (args[0] if len(args) == 1 else args) for args, kwargs in batches]
+
+
+# ---------------------------------------------------------------------- clustering
+
+
+def _cluster(model: nn.Module, infos: Sequence[LayerInfo], cands: Sequence[Candidate],
+             applicable: Sequence[Sequence[int]], cache: SensitivityCache, pair_keys: Mapping[str, str],
+             classes: Mapping[str, Any], instances: dict[str, Any], registry: plugins.Registry,
+             calibration: Any, executor: Optional[cf.Executor], num_workers: int,
+             progress: Optional[bool]) -> dict[tuple[int, int], compressed.PalettizedTensor]:
+    """Every (layer index, candidate index) record: from the cache, else clustered (and cached)."""
+    records: dict[tuple[int, int], compressed.PalettizedTensor] = {}
+    missing: dict[int, list[int]] = {}
+    for li, info in enumerate(infos):
+        for ci in applicable[li]:
+            rec = cache.load_record(cache.pair_key(info.name, pair_keys[cands[ci].label]))
+            if rec is not None:
+                records[(li, ci)] = rec
+            else:
+                missing.setdefault(ci, []).append(li)
+    for ci, layer_ids in missing.items():
+        cand = cands[ci]
+        name = cand.palettizer
+        inst = instances.get(name)
+        if inst is None:
+            inst = _make_palettizer(classes[name], model, infos, registry)
+            instances[name] = inst
+        if isinstance(inst, Palettizer):
+            _calibrate(inst, calibration)
+            targets = _targets(inst, model, [infos[li] for li in layer_ids], cand.spec)
+            recs = inst.cluster_targets(targets, executor=executor, num_workers=num_workers, progress=progress)
+            recs = [inst.finish_record(t, _with_dtype(r, getattr(t.module, t.tensor_name).dtype))
+                    for t, r in zip(targets, recs)]
+        else:
+            recs = _cluster_by_prepare(classes.get(name, type(inst)), model, [infos[li] for li in layer_ids],
+                                       cand.spec, calibration)
+        for li, rec in zip(layer_ids, recs):
+            records[(li, ci)] = rec
+            cache.save_record(cache.pair_key(infos[li].name, pair_keys[cand.label]), rec)
+    return records
+
+
+def _layer_config(infos: Sequence[LayerInfo], spec: PalettizationSpec) -> KMeansPalettizerConfig:
+    return KMeansPalettizerConfig(global_config=None, module_name_configs={
+        info.name: ModuleKMeansPalettizerConfig(op_state_spec={info.tensor: spec}) for info in infos})
+
+
+def _make_palettizer(cls: Any, model: nn.Module, infos: Sequence[LayerInfo], registry: plugins.Registry) -> Any:
+    config = _layer_config(infos, PalettizationSpec(n_bits=4))
+    try:
+        return cls(model, config, registry=registry)
+    except TypeError:
+        return cls(model, config)
+
+
+def _calibrate(inst: Any, calibration: Any) -> None:
+    """Calibrate a palettizer that needs data (``compute_sensitivity(data)`` and no ``sensitivity`` yet)."""
+    if callable(getattr(inst, "compute_sensitivity", None)) and getattr(inst, "sensitivity", None) is None:
+        inst.compute_sensitivity(calibration)
+
+
+def _targets(inst: Palettizer, model: nn.Module, infos: Sequence[LayerInfo], spec: PalettizationSpec
+             ) -> list[ResolvedTensor]:
+    wanted = {info.name: info for info in infos}
+    planned = {t.module_name: t for t in inst.plan(model) if t.module_name in wanted}
+    out = []
+    for info in infos:
+        item = planned.get(info.name)
+        if item is None:
+            item = ResolvedTensor(info.name, model.get_submodule(info.name), info.tensor, spec, "mixed_precision")
+        out.append(attrs.evolve(item, spec=spec))
+    return out
+
+
+def _with_dtype(record: compressed.PalettizedTensor, dtype: torch.dtype) -> compressed.PalettizedTensor:
+    return record if record.dtype == dtype else attrs.evolve(record, dtype=dtype)
+
+
+def _cluster_by_prepare(cls: Any, model: nn.Module, infos: Sequence[LayerInfo], spec: PalettizationSpec,
+                        calibration: Any) -> list[compressed.PalettizedTensor]:
+    """Any palettizer honouring the protocol: prepare a copy with these layers and read back their records."""
+    prepared = cls(model, _layer_config(infos, spec)).prepare(example_inputs=calibration)
+    out = []
+    for info in infos:
+        rec = compressed.records(prepared.get_submodule(info.name)).get(info.tensor)
+        if not isinstance(rec, compressed.PalettizedTensor):
+            raise CompressionError(f"{info.qualified_name}: palettizer {cls.__name__} attached no palettized record")
+        out.append(rec)
+    return out
+
+
+# ---------------------------------------------------------------------- scoring
+
+
+def _score(model: nn.Module, infos: Sequence[LayerInfo], cands: Sequence[Candidate], todo: list[tuple[int, int]],
+           records: Mapping[tuple[int, int], compressed.PalettizedTensor], batches: list[Batch],
+           reference: torch.Tensor, metric: Any, output_fn: Callable, engine: str, cache: SensitivityCache,
+           pair_keys: Mapping[str, str], executor: Optional[cf.Executor], num_workers: int,
+           progress: Optional[bool]) -> tuple[str, list[str]]:
+    """Score the ``todo`` pairs, writing each score to the cache; returns (engine used, fallback notes)."""
+    if not todo:
+        return "cached", []
+    by_layer: "OrderedDict[int, list[int]]" = OrderedDict()
+    for li, ci in todo:
+        by_layer.setdefault(li, []).append(ci)
+    tasks = [EvalTask(li, infos[li].name, infos[li].tensor, [(ci, records[(li, ci)]) for ci in cis])
+             for li, cis in by_layer.items()]
+    bar = progress_bar(total=len(todo), desc=f"sensitivity ({engine})", unit="pair", enabled=progress)
+
+    def emit(li: int, ci: int, score: float, seconds: float) -> None:
+        info = infos[li]
+        cache.add_row(info.name, cache.pair_key(info.name, pair_keys[cands[ci].label]), score=score,
+                      seconds=seconds, candidate=cands[ci].label)
+        bar.update()
+
+    def unit(chunk: list[EvalTask], unit_model: nn.Module, threads: Optional[int]) -> EvalUnit:
+        return EvalUnit(model=unit_model, batches=batches, reference=reference, metric=metric, output_fn=output_fn,
+                        engine=engine, tasks=chunk, threads=threads)
+
+    results: list[UnitResult] = []
+    with bar:
+        own = None
+        if executor is None and num_workers > 1:
+            own = executor = cf.ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("spawn"))
+        try:
+            if executor is None:
+                results.append(run_unit(unit(tasks, model, None), emit))
+            else:
+                workers = _executor_workers(executor, num_workers)
+                threads = max(1, (os.cpu_count() or 1) // workers) if own is not None else None
+                chunks = _chunks(tasks, max(1, 2 * workers))
+                # each unit gets its own model copy: thread-based executors share memory with us
+                make = (lambda c: unit(c, copy.deepcopy(model), threads))
+                results += _run_pool(executor, chunks, make, workers + 1, emit)
+        finally:
+            if own is not None:
+                own.shutdown()
+    notes = list(dict.fromkeys(r.note for r in results if r.note))
+    for note in notes:
+        warn_fallback(note)
+    used = sorted({r.engine for r in results})
+    return (used[0] if len(used) == 1 else "+".join(used)), notes
+
+
+def _executor_workers(executor: cf.Executor, num_workers: int) -> int:
+    """How many tasks ``executor`` runs at once (ProcessPool/ThreadPool, Dask; else ``num_workers`` or 2)."""
+    n = getattr(executor, "_max_workers", None)
+    if isinstance(n, int) and n > 0:
+        return n
+    client = getattr(executor, "_client", None)
+    if client is not None:
+        try:
+            return max(1, sum(client.nthreads().values()))
+        except Exception:  # noqa: BLE001 - any failure: fall back to the default
+            pass
+    return num_workers if num_workers > 1 else 2
+
+
+def _chunks(tasks: list[EvalTask], n: int) -> list[list[EvalTask]]:
+    """Split tasks into ``n`` contiguous chunks of about equal numbers of pairs."""
+    total = sum(len(t.candidates) for t in tasks)
+    target = max(1, math.ceil(total / n))
+    chunks, current, count = [], [], 0
+    for task in tasks:
+        current.append(task)
+        count += len(task.candidates)
+        if count >= target:
+            chunks.append(current)
+            current, count = [], 0
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def _run_pool(executor: cf.Executor, chunks: list[list[EvalTask]], make: Callable[[list[EvalTask]], EvalUnit],
+              window: int, emit: Callable[[int, int, float, float], None]) -> list[UnitResult]:
+    """Run one unit per chunk, at most ``window`` in flight (bounds memory: units hold a model); emit as they finish."""
+    pending = list(chunks)
+    running: set[cf.Future] = set()
+    results = []
+    while pending or running:
+        while pending and len(running) < window:
+            running.add(executor.submit(run_unit, make(pending.pop(0))))
+        done, running = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+        for future in done:
+            result = future.result()
+            for li, ci, score, seconds in result.scores:
+                emit(li, ci, score, seconds)
+            results.append(result)
+    return results
