@@ -77,7 +77,7 @@ def compute_sensitivity(model: nn.Module, data: Any, candidates: Optional[Iterab
         ``./.bitsmith-cache``); ``None`` disables the on-disk cache.
     :param executor: any ``concurrent.futures.Executor`` (e.g. a Dask
         ``Client.get_executor()``) for clustering and scoring.
-    :param num_workers: > 1 (without ``executor``) scores on that many spawned processes.
+    :param num_workers: > 1 (without ``executor``) clusters and scores on that many spawned processes.
     :param progress: show progress bars (default: when stderr is a terminal).
     :param engine: ``"fast"`` (torch.fx: re-run only the graph after the changed
         layer), ``"naive"`` (full forward per pair) or ``"auto"`` (fast, falling
@@ -118,6 +118,9 @@ def compute_sensitivity(model: nn.Module, data: Any, candidates: Optional[Iterab
 
     was_training = model.training
     model.eval()
+    own_pool = None
+    if executor is None and num_workers > 1:  # one pool for clustering and scoring
+        own_pool = executor = cf.ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("spawn"))
     try:
         t0 = time.perf_counter()
         reference = run_batches(model, batches, output_fn)
@@ -126,18 +129,20 @@ def compute_sensitivity(model: nn.Module, data: Any, candidates: Optional[Iterab
         t0 = time.perf_counter()
         records = _cluster(model, infos, cands, applicable, cache, pair_keys, classes, instances, registry,
                            calibration_data if calibration_data is not None else _raw(batches), executor,
-                           num_workers, progress)
+                           progress)
         cluster_s = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         todo = [(li, ci) for li, info in enumerate(infos) for ci in applicable[li]
                 if cache.row(info.name, cache.pair_key(info.name, pair_keys[cands[ci].label])) is None]
         engine_used, notes = _score(model, infos, cands, todo, records, batches, reference, metric_impl, output_fn,
-                                    "fast" if engine == "auto" else engine, cache, pair_keys, executor, num_workers,
-                                    progress)
+                                    "fast" if engine == "auto" else engine, cache, pair_keys, executor,
+                                    own_pool is not None, progress)
         score_s = time.perf_counter() - t0
     finally:
         model.train(was_training)
+        if own_pool is not None:
+            own_pool.shutdown()
 
     rows = []
     for li, info in enumerate(infos):
@@ -215,8 +220,7 @@ def _raw(batches: Sequence[Batch]) -> list[Any]:
 def _cluster(model: nn.Module, infos: Sequence[LayerInfo], cands: Sequence[Candidate],
              applicable: Sequence[Sequence[int]], cache: SensitivityCache, pair_keys: Mapping[str, str],
              classes: Mapping[str, Any], instances: dict[str, Any], registry: plugins.Registry,
-             calibration: Any, executor: Optional[cf.Executor], num_workers: int,
-             progress: Optional[bool]) -> dict[tuple[int, int], compressed.PalettizedTensor]:
+             calibration: Any, executor: Optional[cf.Executor], progress: Optional[bool]) -> dict[tuple[int, int], compressed.PalettizedTensor]:
     """Every (layer index, candidate index) record: from the cache, else clustered (and cached)."""
     records: dict[tuple[int, int], compressed.PalettizedTensor] = {}
     missing: dict[int, list[int]] = {}
@@ -237,7 +241,7 @@ def _cluster(model: nn.Module, infos: Sequence[LayerInfo], cands: Sequence[Candi
         if isinstance(inst, Palettizer):
             _calibrate(inst, calibration)
             targets = _targets(inst, model, [infos[li] for li in layer_ids], cand.spec)
-            recs = inst.cluster_targets(targets, executor=executor, num_workers=num_workers, progress=progress)
+            recs = inst.cluster_targets(targets, executor=executor, progress=progress)
             recs = [inst.finish_record(t, _with_dtype(r, getattr(t.module, t.tensor_name).dtype))
                     for t, r in zip(targets, recs)]
         else:
@@ -304,7 +308,7 @@ def _cluster_by_prepare(cls: Any, model: nn.Module, infos: Sequence[LayerInfo], 
 def _score(model: nn.Module, infos: Sequence[LayerInfo], cands: Sequence[Candidate], todo: list[tuple[int, int]],
            records: Mapping[tuple[int, int], compressed.PalettizedTensor], batches: list[Batch],
            reference: torch.Tensor, metric: Any, output_fn: Callable, engine: str, cache: SensitivityCache,
-           pair_keys: Mapping[str, str], executor: Optional[cf.Executor], num_workers: int,
+           pair_keys: Mapping[str, str], executor: Optional[cf.Executor], own_pool: bool,
            progress: Optional[bool]) -> tuple[str, list[str]]:
     """Score the ``todo`` pairs, writing each score to the cache; returns (engine used, fallback notes)."""
     if not todo:
@@ -328,22 +332,15 @@ def _score(model: nn.Module, infos: Sequence[LayerInfo], cands: Sequence[Candida
 
     results: list[UnitResult] = []
     with bar:
-        own = None
-        if executor is None and num_workers > 1:
-            own = executor = cf.ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("spawn"))
-        try:
-            if executor is None:
-                results.append(run_unit(unit(tasks, model, None), emit))
-            else:
-                workers = _executor_workers(executor, num_workers)
-                threads = max(1, (os.cpu_count() or 1) // workers) if own is not None else None
-                chunks = _chunks(tasks, max(1, 2 * workers))
-                # each unit gets its own model copy: thread-based executors share memory with us
-                make = (lambda c: unit(c, copy.deepcopy(model), threads))
-                results += _run_pool(executor, chunks, make, workers + 1, emit)
-        finally:
-            if own is not None:
-                own.shutdown()
+        if executor is None:
+            results.append(run_unit(unit(tasks, model, None), emit))
+        else:
+            workers = _executor_workers(executor)
+            threads = max(1, (os.cpu_count() or 1) // workers) if own_pool else None
+            chunks = _chunks(tasks, max(1, 2 * workers))
+            # each unit gets its own model copy: thread-based executors share memory with us
+            make = (lambda c: unit(c, copy.deepcopy(model), threads))
+            results += _run_pool(executor, chunks, make, workers + 1, emit)
     notes = list(dict.fromkeys(r.note for r in results if r.note))
     for note in notes:
         warn_fallback(note)
@@ -351,8 +348,8 @@ def _score(model: nn.Module, infos: Sequence[LayerInfo], cands: Sequence[Candida
     return (used[0] if len(used) == 1 else "+".join(used)), notes
 
 
-def _executor_workers(executor: cf.Executor, num_workers: int) -> int:
-    """How many tasks ``executor`` runs at once (ProcessPool/ThreadPool, Dask; else ``num_workers`` or 2)."""
+def _executor_workers(executor: cf.Executor) -> int:
+    """How many tasks ``executor`` runs at once (ProcessPool/ThreadPool, Dask; else 2)."""
     n = getattr(executor, "_max_workers", None)
     if isinstance(n, int) and n > 0:
         return n
@@ -362,7 +359,7 @@ def _executor_workers(executor: cf.Executor, num_workers: int) -> int:
             return max(1, sum(client.nthreads().values()))
         except Exception:  # noqa: BLE001 - any failure: fall back to the default
             pass
-    return num_workers if num_workers > 1 else 2
+    return 2
 
 
 def _chunks(tasks: list[EvalTask], n: int) -> list[list[EvalTask]]:

@@ -1,0 +1,160 @@
+"""A whole mixed-precision run described by one config (YAML or CLI flags).
+
+YAML form (``bitsmith mixed-precision --config job.yaml``)::
+
+    mixed_precision:
+      model: mypkg.models:build          # a function returning the nn.Module
+      data: mypkg.data:calibration       # a function returning the sensitivity data
+      target_bpw: 4                      # or target_size: 12.5 (MiB)
+      metric: psnr
+      search: [greedy, optimal]          # one name or several
+      candidates: ["2-bit", "4-bit", "6-bit", "4-bit g16"]   # labels or {spec, palettizer, label}
+      palettizer: kmeans
+      engine: auto
+      out: artifacts/mixed_precision
+      pareto: [2, 3, 4, 5, 6]            # optional sweep + plot
+
+:func:`run_job` computes the table once, then one recipe per search, and writes
+``sensitivity.csv``/``.json``, ``recipe_<search>.yaml`` and ``config_<search>.yaml``
+(the ``KMeansPalettizerConfig`` to feed any palettizer) under ``out``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+import yaml
+from attrs import define, field
+
+from ..config import dump, from_dict
+from ..errors import ConfigError
+from .engine import ENGINES
+
+__all__ = ["JOB_KEY", "MixedPrecisionJob", "load_job", "run_job"]
+
+JOB_KEY = "mixed_precision"
+"""Top-level key of a job YAML document."""
+
+
+def _callable_spec(instance, attribute, value) -> None:
+    if not isinstance(value, str) or value.count(":") != 1 or not all(value.split(":")):
+        raise ValueError(f"{attribute.name}: expected 'package.module:function', got {value!r}")
+
+
+def _positive_or_none(instance, attribute, value) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ValueError(f"{attribute.name}: expected a positive number, got {value!r}")
+
+
+def _engine(instance, attribute, value) -> None:
+    if value not in ENGINES:
+        raise ValueError(f"engine: {value!r} is not one of {', '.join(ENGINES)}")
+
+
+@define(kw_only=True)
+class MixedPrecisionJob:
+    """Everything one mixed-precision run needs; see the module docstring for the YAML form."""
+
+    model: str = field(validator=_callable_spec)
+    data: str = field(validator=_callable_spec)
+    target_bpw: Optional[float] = field(default=None, validator=_positive_or_none)
+    target_size: Optional[float] = field(default=None, validator=_positive_or_none)
+    metric: str = "psnr"
+    search: list[str] = field(factory=lambda: ["greedy"])
+    candidates: Optional[list[Any]] = None
+    palettizer: str = "kmeans"
+    engine: str = field(default="auto", validator=_engine)
+    layers: Optional[list[str]] = None
+    out: str = "artifacts/mixed_precision"
+    cache_dir: Optional[str] = ".bitsmith-cache"
+    num_workers: int = 1
+    pareto: Optional[list[float]] = None
+    progress: Optional[bool] = None
+
+    def __attrs_post_init__(self) -> None:
+        if (self.target_bpw is None) == (self.target_size is None):
+            raise ValueError("target_bpw: give exactly one of target_bpw (bits per weight) or target_size (MiB)")
+        if not self.search:
+            raise ValueError("search: name at least one recipe search")
+
+
+def load_job(source: Union[str, os.PathLike, dict]) -> MixedPrecisionJob:
+    """A job from a YAML file, YAML text or a dict (with or without the ``mixed_precision:`` key)."""
+    if isinstance(source, dict):
+        data = source
+        label = "job"
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such job file")
+        label = str(path)
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    prefix = ""
+    if isinstance(data, dict) and set(data) == {JOB_KEY}:
+        data, prefix = data[JOB_KEY], JOB_KEY + "."
+    if not isinstance(data, dict):
+        raise ConfigError(f"{label}: expected a mapping under {JOB_KEY!r}")
+    data = {k: ([v] if k in ("search", "layers") and isinstance(v, str) else v) for k, v in data.items()}
+    try:
+        job = from_dict(data, MixedPrecisionJob)
+    except ConfigError as exc:
+        raise ConfigError([f"{prefix}{line}" for line in exc.lines]) from None
+    if job.candidates is not None:
+        from .candidates import resolve_candidates
+
+        try:
+            resolve_candidates(job.candidates)
+        except (ConfigError, TypeError) as exc:
+            raise ConfigError(f"{prefix}{exc}") from None
+    return job
+
+
+def run_job(job: MixedPrecisionJob, *, echo: Callable[[str], None] = print, head: int = 5) -> dict[str, Any]:
+    """Run the three stages for ``job``; returns ``{"table", "recipes", "sweeps", "files"}`` and echoes a report."""
+    from ..loading import import_callable
+    from .pareto import pareto_sweep, plot_pareto
+    from .recipe import generate_recipe
+    from .sensitivity import compute_sensitivity
+
+    build_model = import_callable(job.model, field="model")
+    load_data = import_callable(job.data, field="data")
+    model, data = build_model(), load_data()
+    table = compute_sensitivity(model, data, job.candidates, metric=job.metric, palettizer=job.palettizer,
+                                layers=job.layers, cache_dir=job.cache_dir, num_workers=job.num_workers,
+                                engine=job.engine, progress=job.progress)
+    out = Path(job.out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = [table.save(out / "sensitivity.csv"), table.save(out / "sensitivity.json")]
+    seconds = table.meta["seconds"]
+    echo(f"sensitivity: {len(table.layers)} layers x {len(table.candidates)} candidates, engine "
+         f"{table.meta['engine']}, {seconds['total']:.1f} s ({table.meta['pairs_scored']} pairs scored)")
+    echo(table.format(head))
+    recipes, sweeps = {}, {}
+    for search in job.search:
+        recipe = generate_recipe(table, target_bpw=job.target_bpw, target_size=job.target_size, search=search)
+        recipes[search] = recipe
+        files.append(recipe.save(out / f"recipe_{search}.yaml"))
+        config_path = out / f"config_{search}.yaml"
+        dump(recipe.to_config(), config_path)
+        files.append(config_path)
+        echo("")
+        echo(recipe.summary())
+        if job.pareto:
+            sweeps[search] = pareto_sweep(table, job.pareto, search=search)
+            echo(sweeps[search].format())
+    if sweeps:
+        try:
+            plot_pareto(sweeps, out / "pareto.png")
+            files.append(out / "pareto.png")
+        except ImportError as exc:
+            echo(f"(no plot: {exc})")
+    echo("")
+    echo("wrote " + ", ".join(str(f) for f in files))
+    return {"table": table, "recipes": recipes, "sweeps": sweeps, "files": files}
