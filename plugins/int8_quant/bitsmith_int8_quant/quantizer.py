@@ -44,7 +44,9 @@ from bitsmith.errors import CompressionError, ConfigError
 from bitsmith.export import ExportBackend, finalize as export_finalize
 from bitsmith.resolve import ResolvedTensor, resolve_activation_spec, resolve_state_specs
 
-from .sites import ActivationSite, HookState, InputHook, OutputHook, float_positions
+from .fold import fold_batchnorm as fold_batchnorms
+from .plan import PlannedModule, plan_activations, probe
+from .sites import ActivationSite, HookState, InputHook, OutputHook
 from .validate import check_config
 from .weights import check_weight, quantize_weight, tensor_spec
 
@@ -80,6 +82,7 @@ class Quantizer:
         check_config(self.config, self.registry.names("observer"))
         self.prepared_model: Optional[nn.Module] = None
         self.weights: dict[str, compressed.QuantizedTensor] = {}
+        self.folded: list[str] = []
         self._state = HookState()
         self._handles: list[Any] = []
         self._hooks: list[tuple[nn.Module, str, Any]] = []
@@ -119,23 +122,35 @@ class Quantizer:
 
     # ------------------------------------------------------------------ prepare
 
-    def prepare(self, example_inputs: Any = None, *, inplace: bool = False) -> nn.Module:
+    def prepare(self, example_inputs: Any = None, *, inplace: bool = False, fold_batchnorm: bool = True,
+                fuse_activations: bool = True) -> nn.Module:
         """Return the model with quantized weights in effect and activation fake-quantization hooks.
 
         :param example_inputs: representative inputs, run once to find each module's
             inputs and outputs (a tensor, a tuple of positional arguments, or a dict
             of keyword arguments). Required when the config quantizes activations.
         :param inplace: modify ``self.model`` instead of a deep copy.
+        :param fold_batchnorm: fold eval-mode batch norms into the conv/linear layer
+            before them (:mod:`bitsmith_int8_quant.fold`), as a converter would.
+        :param fuse_activations: quantize ``layer -> ReLU/ReLU6/Hardtanh`` after the
+            activation instead of between the two (:mod:`bitsmith_int8_quant.plan`).
 
         Only modules that run on ``example_inputs`` get activation quantization.
         The activations must then be calibrated (:meth:`calibration_mode`) before
         the prepared model is used; until then it raises ``NotCalibratedError``.
         """
+        if _may_quantize_activations(self.config) and example_inputs is None:
+            raise ValueError("example_inputs: prepare() needs representative inputs to find the activations "
+                             "to quantize (or set op_input_spec/op_output_spec to None for weights only)")
+        self.plan_weights(self.model)  # every layer checked before anything is copied or changed
         if self.prepared_model is not None:
             self._remove_hooks()
         model = self.model if inplace else copy.deepcopy(self.model)
-        targets = self.plan_weights(model)
-        activation_plan = self._plan_activations(model, example_inputs)
+        self.folded = fold_batchnorms(model) if fold_batchnorm else []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", AlreadyCompressedWarning)  # already reported above
+            targets = self.plan_weights(model)
+        activation_plan = self._plan_activations(model, example_inputs, fuse_activations)
         self.weights = {}
         for item in targets:
             tensor = getattr(item.module, item.tensor_name)
@@ -151,46 +166,25 @@ class Quantizer:
         self.prepared_model = model
         return model
 
-    def _plan_activations(self, model: nn.Module, example_inputs: Any) -> list[tuple[str, nn.Module, list, list]]:
-        """``(name, module, input sites, output sites)`` per module, sites as ``(index, spec, rule)``."""
+    def _plan_activations(self, model: nn.Module, example_inputs: Any, fuse: bool) -> list[PlannedModule]:
         if not _may_quantize_activations(self.config):
             return []
-        if example_inputs is None:
-            raise ValueError("example_inputs: prepare() needs representative inputs to find the activations "
-                             "to quantize (or set op_input_spec/op_output_spec to None for weights only)")
-        seen = _probe(model, example_inputs)
-        modules = dict(model.named_modules(remove_duplicate=False))
-        plan = []
-        for name, module in model.named_modules():
-            if id(module) not in seen:
-                continue
-            inputs, outputs = seen[id(module)]
-            per_dir = []
-            for direction, positions in (("input", inputs), ("output", outputs)):
-                chosen = []
-                for index in positions:
-                    spec, rule = resolve_activation_spec(self.config, modules, name, direction, index)
-                    if spec is not None:
-                        chosen.append((index, spec, rule))
-                per_dir.append(chosen)
-            if per_dir[0] or per_dir[1]:
-                plan.append((name, module, per_dir[0], per_dir[1]))
-        return plan
+        return plan_activations(model, self.config, probe(model, example_inputs), fuse=fuse)
 
-    def _install_hooks(self, plan: list[tuple[str, nn.Module, list, list]]) -> None:
+    def _install_hooks(self, plan: list[PlannedModule]) -> None:
         self._hooks = []
-        for name, module, inputs, outputs in plan:
-            for direction, chosen in (("input", inputs), ("output", outputs)):
+        for entry in plan:
+            for direction, chosen in (("input", entry.inputs), ("output", entry.outputs)):
                 if not chosen:
                     continue
                 sites = {}
                 for index, spec, rule in chosen:
                     factory = self.registry.get("observer", spec.observer)
-                    site = ActivationSite(name, direction, index, spec, rule, factory)
+                    site = ActivationSite(entry.name, direction, index, spec, rule, factory)
                     sites[index] = site
                     self._state.sites.append(site)
                 hook = InputHook(sites, self._state) if direction == "input" else OutputHook(sites, self._state)
-                self._hooks.append((module, direction, hook))
+                self._hooks.append((entry.module, direction, hook))
         self._register_hooks()
 
     def _register_hooks(self) -> None:
@@ -295,33 +289,3 @@ def _may_quantize_activations(config: QuantizerConfig) -> bool:
             if op is not None and (op.op_input_spec or op.op_output_spec):
                 return True
     return False
-
-
-def _call(model: nn.Module, example_inputs: Any) -> Any:
-    if isinstance(example_inputs, dict):
-        return model(**example_inputs)
-    if isinstance(example_inputs, (tuple, list)):
-        return model(*example_inputs)
-    return model(example_inputs)
-
-
-def _probe(model: nn.Module, example_inputs: Any) -> dict[int, tuple[list[int], list[int]]]:
-    """Run ``example_inputs`` once; per module id, the float positions of its inputs and outputs."""
-    seen: dict[int, tuple[list[int], list[int]]] = {}
-
-    def record(module: nn.Module, args: tuple, output: Any) -> None:
-        inputs, outputs = seen.setdefault(id(module), ([], []))
-        for target, positions in ((inputs, float_positions(args)), (outputs, float_positions(output))):
-            target.extend(p for p in positions if p not in target)
-
-    handles = [m.register_forward_hook(record) for m in model.modules()]
-    try:
-        with torch.no_grad():
-            _call(model, example_inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
-    for inputs, outputs in seen.values():
-        inputs.sort()
-        outputs.sort()
-    return seen

@@ -40,8 +40,12 @@ def calibrate(quantizer, prepared, batches):
 def test_default_config_quantizes_inputs_and_outputs_of_every_layer(small_net, batches, registry):
     quantizer = Quantizer(small_net, registry=registry)
     quantizer.prepare(batches[0])
-    assert labels(quantizer) == ["c1 input.0", "c1 output.0", "c2 input.0", "c2 output.0",
+    # c1 -> ReLU is fused: the ReLU's output carries c1's output quantization
+    assert labels(quantizer) == ["c1 input.0", "act output.0", "c2 input.0", "c2 output.0",
                                  "up input.0", "up output.0", "fc input.0", "fc output.0"]
+    assert quantizer.activation_sites[1].rule == "global_config.op_output_spec['*'] (fused: c1 -> act)"
+    quantizer.prepare(batches[0], fuse_activations=False)
+    assert labels(quantizer)[:3] == ["c1 input.0", "c1 output.0", "c2 input.0"]
     site = quantizer.activation_sites[0]
     assert site.spec.dtype_name == "int8" and site.spec.qscheme.value == "asymmetric"
     assert site.spec.observer == "moving_average" and site.rule == "global_config.op_input_spec['*']"
@@ -222,7 +226,7 @@ def test_finalize_hands_records_to_the_backend(small_net, batches, registry, hel
     assert helpers.backend.received == [exported] and exported is not prepared
     found = {(name, tensor): type(rec) for name, _, tensor, rec in compressed.iter_records(exported)}
     assert found == {
-        ("c1", "weight"): QuantizedTensor, ("c1", "input.0"): ActivationQuant, ("c1", "output.0"): ActivationQuant,
+        ("c1", "weight"): QuantizedTensor, ("c1", "input.0"): ActivationQuant, ("act", "output.0"): ActivationQuant,
         ("c2", "weight"): QuantizedTensor, ("c2", "input.0"): ActivationQuant, ("c2", "output.0"): ActivationQuant,
         ("up", "weight"): QuantizedTensor, ("up", "input.0"): ActivationQuant, ("up", "output.0"): ActivationQuant,
         ("fc", "weight"): QuantizedTensor, ("fc", "input.0"): ActivationQuant, ("fc", "output.0"): ActivationQuant,
@@ -253,7 +257,7 @@ def test_finalize_inplace_removes_the_hooks(small_net, batches, registry, helper
     exported = quantizer.finalize(backend="torch", inplace=True)
     assert exported is prepared
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in exported.modules())
-    assert isinstance(compressed.records(exported.c1)["output.0"], ActivationQuant)
+    assert isinstance(compressed.records(exported.act)["output.0"], ActivationQuant)
 
 
 def test_finalize_needs_calibration_and_a_known_backend(small_net, batches, registry):
