@@ -97,7 +97,7 @@ def lut_to_dense(lut: torch.Tensor, indices: torch.Tensor, axis: int, cluster_di
 
     One LUT of scalars (the common case) is a single gather ``lut.reshape(-1)[indices]``.
     """
-    if lut.shape[0] == 1 and cluster_dim == 1:
+    if cluster_dim == 1 and group_size == shape[axis]:  # python ints: no data-dependent branch when traced
         dense = lut.reshape(-1)[indices.long()]
     else:
         idx = indices.long().movedim(axis, 0)

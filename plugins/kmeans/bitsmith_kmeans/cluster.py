@@ -71,9 +71,10 @@ def kmeans(x: ArrayLike, k: int, *, sample_weight: Optional[ArrayLike] = None,
 
 
 def _resolve_seed(seed: Optional[int]) -> int:
-    """``seed`` itself, or one drawn from the global numpy and torch generators (seed 003 semantics)."""
+    """A 32-bit generator seed mixing every bit of ``seed``, or of draws from the global numpy and torch
+    generators when ``seed`` is None (seed 003 semantics). torch's CPU generator keeps only 32 seed bits."""
     if seed is not None:
-        return int(seed) & 0x7FFF_FFFF_FFFF_FFFF
-    high = int(np.random.randint(0, 2**31 - 1))
-    low = int(torch.randint(0, 2**31 - 1, (1,)).item())
-    return (high << 31) | low
+        entropy = [int(seed) & 0xFFFF_FFFF_FFFF_FFFF]
+    else:
+        entropy = [int(np.random.randint(0, 2**31 - 1)), int(torch.randint(0, 2**31 - 1, (1,)).item())]
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
