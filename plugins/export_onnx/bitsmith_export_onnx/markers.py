@@ -61,9 +61,12 @@ def _onnx_dtype(spec: Any) -> int:
 
 
 class _QDQ(torch.autograd.Function):
+    # Only used while exporting: the traced body must stay free of tensor constants (the
+    # TorchScript passes mishandle several such bodies), so it is a clone; the values that
+    # reach the ONNX graph come from ``symbolic``.
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, record: ActivationQuant) -> torch.Tensor:
-        return record.fake_quantize(x)
+        return x.clone()
 
     @staticmethod
     def symbolic(g: Any, x: Any, record: ActivationQuant) -> Any:
@@ -110,6 +113,13 @@ def qdq_params(record: ActivationQuant, rank: int) -> tuple[torch.Tensor, torch.
     return scale.reshape(-1), zp.reshape(-1).round().to(dtype), axis
 
 
+def qdq(x: torch.Tensor, record: ActivationQuant) -> torch.Tensor:
+    """Fake-quantize ``x`` with ``record`` (eager) or emit QuantizeLinear/DequantizeLinear (export)."""
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        return _QDQ.apply(x, record)
+    return record.fake_quantize(x)
+
+
 class InputQDQ:
     """Forward pre-hook: QDQ on the module's positional inputs named in ``records``."""
 
@@ -117,7 +127,7 @@ class InputQDQ:
         self.records = records
 
     def __call__(self, module: nn.Module, args: tuple) -> tuple:
-        return tuple(_QDQ.apply(a, self.records[i]) if i in self.records and isinstance(a, torch.Tensor) else a
+        return tuple(qdq(a, self.records[i]) if i in self.records and isinstance(a, torch.Tensor) else a
                      for i, a in enumerate(args))
 
 
@@ -129,8 +139,8 @@ class OutputQDQ:
 
     def __call__(self, module: nn.Module, args: tuple, output: Any) -> Any:
         if isinstance(output, torch.Tensor):
-            return _QDQ.apply(output, self.records[0]) if 0 in self.records else output
+            return qdq(output, self.records[0]) if 0 in self.records else output
         if isinstance(output, (tuple, list)):
-            return type(output)(_QDQ.apply(o, self.records[i]) if i in self.records and isinstance(o, torch.Tensor)
+            return type(output)(qdq(o, self.records[i]) if i in self.records and isinstance(o, torch.Tensor)
                                 else o for i, o in enumerate(output))
         return output
