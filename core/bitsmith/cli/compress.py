@@ -1,0 +1,53 @@
+"""``bitsmith compress PIPELINE.yaml``: run a compression pipeline, write its artifacts and report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from ..errors import ConfigError
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register the ``compress`` subcommand."""
+    p = subparsers.add_parser(
+        "compress", help="run a pipeline YAML: palettize/quantize/mixed-precision, export, report",
+        description="Run every step of a pipeline file (see docs/pipelines.md) and write the exported "
+                    "artifacts plus report.json and report.txt into the output folder.")
+    p.add_argument("pipeline", help="pipeline YAML/JSON file")
+    p.add_argument("-o", "--output-dir", help="output folder (default: the file's output_dir, else artifacts/<stem>)")
+    p.add_argument("--check", action="store_true", help="only validate the file against the installed plugins")
+    p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+    p.add_argument("-q", "--quiet", action="store_true", help="no per-step progress lines")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Validate (and unless ``--check``, run) the pipeline; 2 on an invalid file, 0 on success."""
+    from ..pipeline import compress, load_pipeline
+
+    if os.getcwd() not in sys.path:  # model/data references may name modules of the current folder
+        sys.path.insert(0, os.getcwd())
+    try:
+        config = load_pipeline(args.pipeline)
+    except ConfigError as exc:
+        print(f"{args.pipeline}: invalid pipeline", file=sys.stderr)
+        for line in exc.lines:
+            print(f"  {line}", file=sys.stderr)
+        return 2
+    if args.check:
+        print(f"{args.pipeline}: ok ({len(config.steps)} steps)")
+        return 0
+    echo = (lambda _line: None) if args.quiet or args.json else (lambda line: print(line, flush=True))
+    result = compress(None, args.pipeline, output_dir=args.output_dir, progress=False if args.no_progress else None,
+                      echo=echo)
+    if args.json:
+        print(json.dumps(result.report.to_dict(), indent=2))
+    else:
+        print()
+        print(result.report)
+        print(f"\nwrote {', '.join(str(p) for p in result.artifacts)}")
+    return 0
