@@ -189,7 +189,11 @@ def _structure_step(value: Any, _type: Any) -> Any:
         close = difflib.get_close_matches(str(tag), STEP_TYPES, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise _FieldError(f"type: {tag!r} is not one of {', '.join(STEP_TYPES)}{hint}")
-    return converter.structure({k: v for k, v in value.items() if k != "type"}, STEP_TYPES[tag])
+    cls = STEP_TYPES[tag]
+    missing = [f.name for f in attrs.fields(cls) if f.default is attrs.NOTHING and f.name not in value]
+    if missing:
+        raise _FieldError(f"{missing[0]}: required key is missing")
+    return converter.structure({k: v for k, v in value.items() if k != "type"}, cls)
 
 
 def _unstructure_step(step: Any) -> dict:
@@ -275,15 +279,11 @@ def load_pipeline(source: Union[str, os.PathLike, dict, PipelineConfig], *, regi
         config = source
     else:
         data, label = _document(source)
-        prefix = ""
         if isinstance(data, dict) and set(data) == {PIPELINE_KEY}:
-            data, prefix = data[PIPELINE_KEY], f"{PIPELINE_KEY}."
+            data = data[PIPELINE_KEY]  # paths in errors start below the key: steps.1.backend
         if not isinstance(data, dict):
             raise ConfigError(f"{label}: expected a mapping (optionally under {PIPELINE_KEY!r}) with a 'steps' list")
-        try:
-            config = from_dict(data, PipelineConfig)
-        except ConfigError as exc:
-            raise ConfigError([f"{prefix}{line}" for line in exc.lines]) from None
+        config = from_dict(data, PipelineConfig)
     if check:
         validate(config, registry=registry)
     return config
