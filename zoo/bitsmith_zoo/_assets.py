@@ -12,7 +12,7 @@ import importlib
 import os
 from pathlib import Path
 
-__all__ = ["AssetMissingError", "cache_dir", "missing_asset"]
+__all__ = ["AssetMissingError", "cache_dir", "find_package_dir", "missing_asset"]
 
 
 class AssetMissingError(ImportError):

@@ -206,7 +206,7 @@ def _random_crop(x: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tens
     """Random-resized crop: 10-100% of the area, aspect 3/4..4/3, optional h-flip."""
     h, w = x.shape[-2:]
     u = torch.rand(5, generator=gen).tolist()
-    for attempt in range(10):
+    for _ in range(10):
         area = h * w * (0.10 + 0.90 * u[0])
         log_ratio = math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * u[1]
         ratio = math.exp(log_ratio)

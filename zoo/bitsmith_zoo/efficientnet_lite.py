@@ -52,6 +52,23 @@ _LITE0_STAGES: tuple[tuple[int, int, int, int, int, int], ...] = (
 )
 
 
+def _same_amount(size: int, kernel_size: int, stride: int) -> int:
+    return max((math.ceil(size / stride) - 1) * stride + kernel_size - size, 0)
+
+
+def _tf_same_pad(x: torch.Tensor, kernel_size: int, stride: int) -> torch.Tensor:
+    """TF "SAME" zero padding of the last two dims (a leaf function for torch.fx)."""
+    ph = _same_amount(x.shape[-2], kernel_size, stride)
+    pw = _same_amount(x.shape[-1], kernel_size, stride)
+    if not (ph or pw):
+        return x
+    return F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
+
+
+# Keep the shape arithmetic out of torch.fx graphs: traced as one call.
+torch.fx.wrap("_tf_same_pad")
+
+
 class TFSamePad(nn.Module):
     """Parameter-free TensorFlow "SAME" padding for a strided convolution.
 
@@ -71,15 +88,9 @@ class TFSamePad(nn.Module):
         self.kernel_size = kernel_size
         self.stride = stride
 
-    def _amount(self, size: int) -> int:
-        return max((math.ceil(size / self.stride) - 1) * self.stride + self.kernel_size - size, 0)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Zero-pad ``x`` on its last two dimensions."""
-        ph, pw = self._amount(x.shape[-2]), self._amount(x.shape[-1])
-        if not (ph or pw):
-            return x
-        return F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
+        return _tf_same_pad(x, self.kernel_size, self.stride)
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, stride={self.stride}"
@@ -119,7 +130,10 @@ class MBConvBlock(nn.Module):
         self._bn1 = nn.BatchNorm2d(hidden, eps=_BN_EPS, momentum=_BN_MOMENTUM)
         self._project_conv = _conv(hidden, out_ch, 1)
         self._bn2 = nn.BatchNorm2d(out_ch, eps=_BN_EPS, momentum=_BN_MOMENTUM)
-        self._act = nn.ReLU6()
+        # One activation module per use, so per-module hooks/observers see one tensor each.
+        if self.has_expand:
+            self._expand_act = nn.ReLU6()
+        self._depthwise_act = nn.ReLU6()
         self.stride = stride
         self.use_residual = stride == 1 and in_ch == out_ch
 
@@ -127,10 +141,10 @@ class MBConvBlock(nn.Module):
         """Apply the block."""
         out = x
         if self.has_expand:
-            out = self._act(self._bn0(self._expand_conv(out)))
+            out = self._expand_act(self._bn0(self._expand_conv(out)))
         if self.stride > 1:
             out = self._depthwise_pad(out)
-        out = self._act(self._bn1(self._depthwise_conv(out)))
+        out = self._depthwise_act(self._bn1(self._depthwise_conv(out)))
         out = self._bn2(self._project_conv(out))
         if self.use_residual:
             out = out + x
@@ -160,6 +174,7 @@ class EfficientNetLite(nn.Module):
         self._stem_pad = TFSamePad(3, 2)
         self._conv_stem = _conv(3, stem_channels, 3, stride=2)
         self._bn0 = nn.BatchNorm2d(stem_channels, eps=_BN_EPS, momentum=_BN_MOMENTUM)
+        self._stem_act = nn.ReLU6()
         blocks: list[nn.Module] = []
         for repeats, k, stride, expand, in_ch, out_ch in stages:
             for i in range(repeats):
@@ -167,17 +182,17 @@ class EfficientNetLite(nn.Module):
         self._blocks = nn.ModuleList(blocks)
         self._conv_head = _conv(stages[-1][5], head_channels, 1)
         self._bn1 = nn.BatchNorm2d(head_channels, eps=_BN_EPS, momentum=_BN_MOMENTUM)
-        self._act = nn.ReLU6()
+        self._head_act = nn.ReLU6()
         self._avg_pooling = nn.AdaptiveAvgPool2d(1)
         self._dropout = nn.Dropout(dropout)
         self._fc = nn.Linear(head_channels, num_classes)
 
     def extract_features(self, x: torch.Tensor) -> torch.Tensor:
         """Feature map ``(B, 1280, H/32, W/32)`` before pooling."""
-        x = self._act(self._bn0(self._conv_stem(self._stem_pad(x))))
+        x = self._stem_act(self._bn0(self._conv_stem(self._stem_pad(x))))
         for block in self._blocks:
             x = block(x)
-        return self._act(self._bn1(self._conv_head(x)))
+        return self._head_act(self._bn1(self._conv_head(x)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map ``(B, 3, H, W)`` images in ``[-1, 1]`` to ``(B, num_classes)`` logits."""
