@@ -188,3 +188,24 @@ def test_cli(tmp_path, capsys):
     assert args.func(args) == 0
     out = capsys.readouterr().out
     assert "[1/2] palettize kmeans" in out and "x smaller" in out and (tmp_path / "out" / "report.json").exists()
+
+
+@pytest.mark.slow
+def test_mobilenet_v2_kmeans_onnx(tmp_path, capsys):
+    pytest.importorskip("bitsmith_zoo")
+    ort = pytest.importorskip("onnxruntime")
+    import bitsmith_zoo
+
+    result, report = _run("mobilenet_v2_kmeans_onnx.yaml", tmp_path)
+    step, (artifact,) = report["steps"][0], report["artifacts"]
+    assert step["compressed_tensors"] == 53 and 4.0 <= step["bpw"] < 4.1
+    assert artifact["ratio_vs_fp32"] > 3.5
+    x = bitsmith_zoo.image_crops(1, split="heldout")
+    session = ort.InferenceSession(artifact["path"], providers=["CPUExecutionProvider"])
+    got = session.run(None, {"input_0": x.numpy()})[0]
+    with torch.no_grad():
+        want = result.model(x).numpy()
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+    with capsys.disabled():
+        print(f"\n[pipeline mnv2 kmeans->onnx] BPW {step['bpw']:.3f}, output SQNR {step['output_sqnr_db']:.1f} dB, "
+              f"{artifact['bytes']} B ({artifact['ratio_vs_fp32']:.2f}x smaller than fp32)")

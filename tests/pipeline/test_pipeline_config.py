@@ -161,6 +161,9 @@ def test_registry_names_of_every_step(registry):
       - type: export
         backend: memory
         path: out.bin
+      - type: export
+        backend: onnx
+        options: {dynamic_bach: true}
     """
     lines = errors(text, registry)
     assert "steps.0.algorithm: 'kmenas' is not a registered palettizer or clusterer; available: kmeans " \
@@ -174,6 +177,7 @@ def test_registry_names_of_every_step(registry):
            "(put the layers in one config, or use mixed_precision alone)" in lines
     assert "steps.2.quantizer: 'int4' is not a registered quantizer; available: int8 (did you mean 'int8'?)" in lines
     assert "steps.3.path: export backend 'memory' does not write files; remove 'path'" in lines
+    assert "steps.4.options.dynamic_bach: not an option of export backend 'onnx'; options: none" in lines
 
 
 def test_step_order_and_data_requirements(registry):

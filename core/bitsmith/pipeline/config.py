@@ -95,6 +95,11 @@ def _optional_str(instance, attribute, value) -> None:
         raise TypeError(f"{attribute.name}: expected a string or null, got {value!r}")
 
 
+def _kwargs(instance, attribute, value) -> None:
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise TypeError(f"{attribute.name}: expected a mapping of keyword arguments, got {value!r}")
+
+
 @define(kw_only=True)
 class PalettizeStep:
     """Palettize weights with a registered palettizer (``kmeans``, ``sensitive_kmeans``, ``dkm``) or clusterer.
@@ -153,11 +158,14 @@ class MixedPrecisionStep:
 class ExportStep:
     """Export the current model with a registered backend; file backends write ``path`` (under ``output_dir``).
 
-    ``path`` defaults to ``model`` plus the backend's suffix (``model.onnx``).
+    ``path`` defaults to ``model`` plus the backend's suffix (``model.onnx``);
+    ``options`` are extra keyword arguments of the backend's ``save`` (e.g. ONNX's
+    ``dynamic_batch: true``).
     """
 
     backend: str = field(validator=_name)
     path: Optional[str] = field(default=None, validator=_optional_str)
+    options: dict[str, Any] = field(factory=dict, validator=_kwargs)
 
 
 STEP_TYPES: dict[str, type] = {
@@ -204,11 +212,6 @@ def _unstructure_step(step: Any) -> dict:
 converter.register_structure_hook(Step, _structure_step)
 for _cls in STEP_TYPES.values():
     converter.register_unstructure_hook(_cls, _unstructure_step)
-
-
-def _kwargs(instance, attribute, value) -> None:
-    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-        raise TypeError(f"{attribute.name}: expected a mapping of keyword arguments, got {value!r}")
 
 
 def _steps(instance, attribute, value) -> None:
@@ -332,8 +335,8 @@ def validate(config: PipelineConfig, *, registry: Optional[plugins.Registry] = N
         elif isinstance(step, ExportStep):
             if step.backend not in names["export_backend"]:
                 errors.append(_unknown("export backend", step.backend, names["export_backend"], f"{where}.backend"))
-            elif step.path is not None and not hasattr(registry.get("export_backend", step.backend), "save"):
-                errors.append(f"{where}.path: export backend {step.backend!r} does not write files; remove 'path'")
+            else:
+                errors += _check_export(step, where, registry.get("export_backend", step.backend))
             continue
         kind = step_type(step)
         if kind in ("palettize", "mixed_precision"):
@@ -395,6 +398,22 @@ def _check_quantize(step: QuantizeStep, where: str, names: dict, registry: plugi
 
     cls = registry.get("quantizer", step.quantizer)
     return _check_config(getattr(cls, "config_class", QuantizerConfig), step.config, f"{where}.config")
+
+
+def _check_export(step: ExportStep, where: str, impl: Any) -> list[str]:
+    save = getattr(impl, "save", None)
+    if save is None:
+        bad = [f"{where}.{key}: export backend {step.backend!r} does not write files; remove {key!r}"
+               for key in ("path", "options") if getattr(step, key)]
+        return bad
+    import inspect
+
+    params = inspect.signature(save).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return []
+    allowed = [n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY and n != "example_inputs"]
+    return [f"{where}.options.{key}: not an option of export backend {step.backend!r}; options: "
+            f"{', '.join(allowed) or 'none'}" for key in step.options if key not in allowed]
 
 
 def _check_mixed_precision(step: MixedPrecisionStep, where: str, names: dict) -> list[str]:

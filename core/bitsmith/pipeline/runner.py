@@ -294,7 +294,7 @@ def _export(step: ExportStep, index: int, model: nn.Module, compressor: Any, exa
     if not hasattr(impl, "save"):
         return exported, None
     path = out_dir / (step.path or f"model{getattr(impl, 'suffix', '') or ''}")
-    written = Path(impl.save(exported, path, example_inputs=_example_inputs(example)))
+    written = Path(impl.save(exported, path, example_inputs=_example_inputs(example), **step.options))
     size = _nbytes(written)
     return exported, ArtifactReport(step=index, backend=step.backend, path=str(written), bytes=size,
                                     ratio_vs_fp32=fp32.total.bytes / size if size else float("inf"))
