@@ -46,20 +46,17 @@ class SKMOptions:
     """Options specific to sensitive k-means.
 
     :param sensitivity_power: the k-means sample weight of a weight is its
-        sensitivity (diagonal Fisher) raised to this power. ``1`` is SqueezeLLM's
-        weighting, the diagonal second-order estimate of the loss change; ``0.5``
-        (default) weights by the RMS gradient instead, which tempers the heavy tail
-        of the Fisher (a few weights often carry most of it) and measurably beats
-        both plain k-means and power 1 at 2-3 bits on the CNNs we benchmark, where
-        perturbations are too large for the diagonal quadratic model to hold
-        (see the README's numbers). Must be in (0, 2].
+        sensitivity (diagonal Fisher) raised to this power: ``1`` (default) is
+        SqueezeLLM's weighting, the diagonal second-order estimate of the loss
+        change; smaller values temper a heavy-tailed Fisher toward plain k-means
+        (which is the limit at 0). Must be in (0, 2].
     :param outlier_fraction: fraction of each tensor's weights, the most sensitive
         ones, kept exact as sparse outliers next to the LUT (dense-and-sparse,
         SqueezeLLM); ``0`` (default) keeps none. Each outlier costs one value at the
         weight's dtype plus a 32-bit position, counted in sizes and BPW.
     """
 
-    sensitivity_power: float = field(default=0.5, validator=_power)
+    sensitivity_power: float = field(default=1.0, validator=_power)
     outlier_fraction: float = field(default=0.0, validator=_fraction)
 
 

@@ -34,7 +34,7 @@ from bitsmith.resolve import ResolvedTensor
 
 from .clusterer import kernel_from
 from .config import SKMPalettizerConfig
-from .fisher import LossFn, Sensitivity, compute_fisher, fingerprint, load_sensitivity
+from .fisher import DEFAULT_TEMPERATURE, LossFn, Sensitivity, compute_fisher, fingerprint, load_sensitivity
 
 
 class SKMPalettizer(Palettizer):
@@ -60,8 +60,8 @@ class SKMPalettizer(Palettizer):
 
     def compute_sensitivity(self, data: Optional[Iterable[Any]], loss_fn: Optional[LossFn] = None,
                             num_samples: int = 128, sensitivity_path: Union[str, Path, None] = None, *,
-                            per_sample: bool = True, seed: int = 0, recompute: bool = False,
-                            progress: Optional[bool] = None) -> Sensitivity:
+                            per_sample: bool = True, seed: int = 0, temperature: float = DEFAULT_TEMPERATURE,
+                            recompute: bool = False, progress: Optional[bool] = None) -> Sensitivity:
         """Compute (or reload) the per-weight sensitivities of every tensor the config compresses.
 
         :param data: calibration batches: a DataLoader or a list of batches (see
@@ -77,6 +77,9 @@ class SKMPalettizer(Palettizer):
         :param per_sample: one backward pass per sample (exact diagonal Fisher) or
             one per batch (fewer passes, coarser).
         :param seed: seed of the default loss's random draws.
+        :param temperature: softmax temperature of the default loss on logits
+            (default 2; see :mod:`bitsmith_sensitive_kmeans.fisher`).
+        :param recompute: ignore a reusable result at ``sensitivity_path``.
         :returns: the :class:`Sensitivity` (also kept as ``self.sensitivity``).
         """
         if isinstance(num_samples, bool) or not isinstance(num_samples, numbers.Integral) or num_samples < 1:
@@ -99,7 +102,8 @@ class SKMPalettizer(Palettizer):
         if isinstance(data, torch.Tensor):
             data = [data]
         self.sensitivity = compute_fisher(self.model, params, data, loss_fn, num_samples=num_samples,
-                                          per_sample=per_sample, path=sensitivity_path, seed=seed, progress=progress)
+                                          per_sample=per_sample, path=sensitivity_path, seed=seed,
+                                          temperature=temperature, progress=progress)
         return self.sensitivity
 
     def _reusable(self, path: Path, params: list[tuple[str, torch.Tensor]]) -> Optional[Sensitivity]:

