@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 from .. import __version__
 from ..errors import BitsmithError
 
-SUBCOMMAND_MODULES = ("plugins", "config", "mixed_precision")
+SUBCOMMAND_MODULES = ("plugins", "config", "mixed_precision", "compress")
 """Modules of :mod:`bitsmith.cli` whose ``add_parser`` is called, in help order."""
 
 
