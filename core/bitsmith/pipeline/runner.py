@@ -99,6 +99,8 @@ def compress(model: Union[nn.Module, Callable[[], nn.Module], str, None],
         detail = ""
         if isinstance(step, PalettizeStep):
             model, compressor = _palettize(step, model, raw, registry, progress)
+            if not compressed.is_compressed(model):
+                detail = "trainable (no records until export; the pipeline does not train)"
         elif isinstance(step, QuantizeStep):
             model, compressor = _quantize(step, model, batches, registry)
             detail = f"{_n_activations(model, compressor)} activations"
