@@ -82,7 +82,7 @@ def palettize_tensor(weight: torch.Tensor, spec: PalettizationSpec, clusterer: C
             pad = centroids[-1:].expand(k - centroids.shape[0], d)
             centroids = torch.cat([centroids, pad])
         luts.append(centroids)
-        indices.append(labels.reshape(rows, -1))
+        indices.append(labels.reshape(rows, -1).to(torch.uint8))  # k <= 256; uint8 before cat saves memory
     lut = torch.stack(luts)  # (G, k, d)
     idx = torch.cat(indices).reshape(channels // d, *_rest_shape(shape, axis)).movedim(0, axis)
     lut_quant = None
