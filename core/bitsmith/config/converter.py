@@ -158,7 +158,10 @@ def _error_lines(exc: BaseException, path: str) -> list[str]:
         return out
     message = str(exc)
     if isinstance(exc, KeyError) and exc.args:
-        return [f"{path}.{exc.args[0]}: required key is missing" if path else f"{exc.args[0]}: required key is missing"]
+        key = str(exc.args[0])
+        if path.rsplit(".", 1)[-1] == key:  # cattrs already put the attribute name on the path
+            return [f"{path}: required key is missing"]
+        return [f"{path}.{key}: required key is missing" if path else f"{key}: required key is missing"]
     if ": " in message and " " not in message.split(": ", 1)[0]:
         head, rest = message.split(": ", 1)
         last = path.rsplit(".", 1)[-1] if path else ""
