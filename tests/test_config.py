@@ -226,3 +226,19 @@ def test_constructor_validation_matches_converter():
         QuantizationSpec(dtype=torch.float8_e5m2, qscheme="asymmetric")
     with pytest.raises(TypeError, match="module_name_configs"):
         KMeansPalettizerConfig().set_module_name("x", "not a config")
+
+
+def test_missing_required_key_in_a_list_item_is_named_once():
+    import attrs
+
+    @attrs.define
+    class Step:
+        backend: str
+
+    @attrs.define
+    class Job:
+        steps: list[Step]
+
+    with pytest.raises(ConfigError) as info:
+        from_dict({"steps": [{"backend": "onnx"}, {}]}, Job)
+    assert info.value.lines == ["steps.1.backend: required key is missing"]
