@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import attrs
 import pytest
 import torch
 import torch.nn as nn
@@ -228,17 +229,18 @@ def test_constructor_validation_matches_converter():
         KMeansPalettizerConfig().set_module_name("x", "not a config")
 
 
+
+@attrs.define
+class _Step:
+    backend: str
+
+
+@attrs.define
+class _Job:
+    steps: list[_Step]
+
+
 def test_missing_required_key_in_a_list_item_is_named_once():
-    import attrs
-
-    @attrs.define
-    class Step:
-        backend: str
-
-    @attrs.define
-    class Job:
-        steps: list[Step]
-
     with pytest.raises(ConfigError) as info:
-        from_dict({"steps": [{"backend": "onnx"}, {}]}, Job)
+        from_dict({"steps": [{"backend": "onnx"}, {}]}, _Job)
     assert info.value.lines == ["steps.1.backend: required key is missing"]
