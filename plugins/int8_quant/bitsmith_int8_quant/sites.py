@@ -77,7 +77,7 @@ class ActivationSite:
         if not self.observations:
             return
         lo, hi = self.observer.bounds()
-        lo, hi = lo.reshape(-1), hi.reshape(-1)
+        lo, hi = lo.detach().reshape(-1).cpu(), hi.detach().reshape(-1).cpu()  # records live on the CPU
         if lo.numel() != 1 or hi.numel() != 1:
             raise ValueError(f"{self.label}: observer {self.spec.observer!r} returned {lo.numel()} bounds for a "
                              "per-tensor activation; expected 1")
@@ -101,7 +101,7 @@ class ActivationSite:
                 f"uncalibrated: {shown}); run forward passes on representative inputs inside "
                 "`with quantizer.calibration_mode():` before using the prepared model"
             )
-        return self.record.fake_quantize(x)
+        return self.record.fake_quantize(x).to(x.dtype)
 
     def __repr__(self) -> str:
         status = "calibrated" if self.record is not None else f"{self.observations} observations"

@@ -332,3 +332,16 @@ def test_config_from_dict_round_trip(small_net, batches, registry):
 def test_model_must_be_a_module(registry):
     with pytest.raises(TypeError, match="model: expected a torch.nn.Module, got str"):
         Quantizer("model", registry=registry)
+
+
+def test_half_precision_model_keeps_its_dtype(registry):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4)).to(torch.bfloat16).eval()
+    x = torch.randn(4, 8, dtype=torch.bfloat16)
+    quantizer = Quantizer(model, registry=registry)
+    prepared = quantizer.prepare(x)
+    calibrate(quantizer, prepared, [x])
+    out = prepared(x)
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+    assert quantizer.weights["0.weight"].dtype == torch.bfloat16
+    assert prepared[0].weight.dtype == torch.bfloat16
