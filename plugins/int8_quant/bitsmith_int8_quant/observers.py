@@ -9,12 +9,13 @@ quantizer turns bounds into scales and zero points (:mod:`.affine`).
 
 from __future__ import annotations
 
+import abc
 from typing import Optional, Sequence
 
 import torch
 
 
-class _RangeObserver:
+class _RangeObserver(abc.ABC):
     """Shared state and checks of the first-party observers."""
 
     def __init__(self) -> None:
@@ -41,8 +42,9 @@ class _RangeObserver:
         self._update(lo, hi)
         self.count += 1
 
+    @abc.abstractmethod
     def _update(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
-        raise NotImplementedError
+        """Fold one batch's ``(lo, hi)`` into ``min_val``/``max_val``."""
 
     def bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(min, max)`` tensors; ``RuntimeError`` before the first observation."""
