@@ -39,9 +39,9 @@ def resnetish():
 
 @pytest.fixture
 def images():
-    """Two batches of 4 random 3x12x12 images."""
+    """Two batches of 4 random 3x8x8 images."""
     gen = torch.Generator().manual_seed(1)
-    return [torch.randn(4, 3, 12, 12, generator=gen), torch.randn(4, 3, 12, 12, generator=gen)]
+    return [torch.randn(4, 3, 8, 8, generator=gen), torch.randn(4, 3, 8, 8, generator=gen)]
 
 
 @pytest.fixture
@@ -49,3 +49,12 @@ def mlp():
     """A picklable MLP (nn.Sequential) for executor tests."""
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 10)).eval()
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny models run fastest on one thread; it also avoids OpenMP oversubscription on busy CI machines."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

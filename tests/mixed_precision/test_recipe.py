@@ -153,3 +153,22 @@ def test_summary_lists_the_bit_distribution(real_table, registry):
     for label, n in counts.items():
         assert f"{n} layer" in text and label in text
     assert f"{recipe.bpw:.3f} all-in" in text and "greedy recipe, target 4 BPW" in text
+
+
+def test_sensitive_kmeans_candidates_through_the_default_registry():
+    pytest.importorskip("bitsmith_sensitive_kmeans")
+    pytest.importorskip("bitsmith_kmeans")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10)).eval()
+    x = torch.randn(32, 16)
+    table = compute_sensitivity(model, x, ["3-bit", "3-bit @sensitive_kmeans"], cache_dir=None)
+    assert table.candidates == ["3-bit", "3-bit @sensitive_kmeans"]
+    assert [r.palettizer for r in table.rows_for("0")] == ["kmeans", "sensitive_kmeans"]
+    # Fisher-weighted clustering gives other LUTs than plain k-means
+    assert not torch.equal(table.records[("0", "3-bit")].lut, table.records[("0", "3-bit @sensitive_kmeans")].lut)
+    recipe = generate_recipe(table.select(candidates=["3-bit @sensitive_kmeans"]), target_bpw=8)
+    assert set(recipe.to_configs()) == {"sensitive_kmeans"}
+    from_records = apply_recipe(model, recipe, table=table)
+    reclustered = apply_recipe(model, recipe, calibration_data=[x])  # calibrates SKM on the same data
+    for a, b in zip(from_records.state_dict().values(), reclustered.state_dict().values()):
+        assert torch.equal(a, b)

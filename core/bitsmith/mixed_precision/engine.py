@@ -15,20 +15,25 @@ only the live values at the current node, never all activations.
 
 The fast engine executes the same modules and functions on the same tensors as
 the eager forward pass, so its scores equal the naive engine's (bit for bit on
-CPU in our tests; they are compared with a relative tolerance of 1e-6 on dB scores
-in the tests). Safety nets, each falling back to the naive engine with a warning
-that says why:
+CPU in our tests and on MobileNetV2). Safety nets, each falling back to the naive
+engine with an :class:`EngineFallbackWarning` that says why:
 
 - the model cannot be traced by ``torch.fx`` (data-dependent control flow, ...);
 - the traced graph's output differs from the eager model's reference output
-  (checked before any candidate is scored);
+  (checked once, right after tracing, before any candidate is scored);
 - an in-place operation (``relu_``, ``x += y``, ``inplace=True`` modules) that
   would write into a cached value is given a private copy first, and the baseline
-  output at the end of the walk is checked again.
+  output at the end of the walk is checked again (a mismatch re-scores that unit).
+
+Tracing patches ``nn.Module.__call__`` globally while it runs (and so does
+unpickling an fx ``GraphModule``), so the model is traced once in the calling
+thread (:func:`trace`) and turned into a :class:`Program` of plain, picklable
+steps that work units carry, next to a copy of the model, to threads or processes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import operator
 import time
@@ -42,7 +47,8 @@ from torch import nn
 from ..compressed import PalettizedTensor
 from .inputs import Batch, _pick, run_batches
 
-__all__ = ["ENGINES", "EngineFallbackWarning", "EvalTask", "EvalUnit", "GraphWalker", "UnitResult", "run_unit"]
+__all__ = ["ENGINES", "EngineFallbackWarning", "EvalTask", "EvalUnit", "GraphWalker", "Program", "Ref", "Step",
+           "UnitResult", "eval_mode", "run_unit", "trace"]
 
 ENGINES = ("auto", "fast", "naive")
 """Accepted values of ``compute_sensitivity(engine=...)``."""
@@ -78,6 +84,7 @@ class EvalUnit:
     engine: str
     tasks: list[EvalTask]
     threads: Optional[int] = None
+    program: Optional["Program"] = None
 
 
 @define
@@ -92,38 +99,66 @@ class UnitResult:
 Emit = Callable[[int, int, float, float], None]
 
 
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """Put every submodule in eval mode; restore each one's own flag afterwards."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+def trace(model: nn.Module, batches: Sequence[Batch], reference: torch.Tensor,
+          output_fn: Callable[[Any], torch.Tensor]) -> tuple[Optional["Program"], Optional[str]]:
+    """Trace ``model`` for the fast engine and check the program reproduces ``reference``.
+
+    Returns ``(program, None)``, or ``(None, reason)`` when the fast engine cannot be
+    used. Tracing patches ``nn.Module.__call__`` globally while it runs, so it is
+    done once, here, in the calling thread; work units carry the resulting
+    :class:`Program` (plain data) next to a copy of the model and never trace.
+    """
+    try:
+        gm = torch.fx.symbolic_trace(model)
+    except Exception as exc:  # noqa: BLE001 - any tracing failure means "use the naive engine"
+        first = (str(exc).splitlines() or [""])[0][:200]
+        return None, f"fast engine not used for {type(model).__name__}: torch.fx cannot trace it " \
+                     f"({type(exc).__name__}: {first})"
+    program = Program.from_graph_module(gm, model)
+    try:
+        GraphWalker(model, program, output_fn).check(batches, reference)
+    except _Fallback as exc:
+        return None, f"fast engine not used for {type(model).__name__}: {exc}"
+    return program, None
+
+
 def run_unit(unit: EvalUnit, emit: Optional[Emit] = None) -> UnitResult:
-    """Score every task of ``unit``; ``emit(layer_index, candidate_index, score, seconds)`` sees each score as it lands."""
+    """Score every task of ``unit``; ``emit(layer_index, candidate_index, score, seconds)`` sees each score as it lands.
+
+    With ``engine="fast"``, ``unit.program`` is the checked program from :func:`trace`.
+    """
     if unit.threads:
         torch.set_num_threads(unit.threads)
-    result = UnitResult()
+    result = UnitResult(engine=unit.engine)
 
     def record(li: int, ci: int, score: float, seconds: float) -> None:
         result.scores.append((li, ci, score, seconds))
         if emit is not None:
             emit(li, ci, score, seconds)
 
-    was_training = unit.model.training
-    unit.model.eval()
-    try:
+    with eval_mode(unit.model):
         if unit.engine == "fast":
-            try:
-                walker = GraphWalker(unit.model, unit.output_fn)
-                walker.check(unit.batches, unit.reference)
-                ok = walker.walk(unit.batches, unit.tasks, unit.metric, unit.reference, record)
-                result.engine = "fast"
-                if not ok:
-                    raise _Fallback("the baseline output changed during the walk (an in-place operation wrote into "
-                                    "a cached value); the unit's scores were recomputed")
+            walker = GraphWalker(unit.model, unit.program, unit.output_fn)
+            if walker.walk(unit.batches, unit.tasks, unit.metric, unit.reference, record):
                 return result
-            except _Fallback as exc:
-                result.note = f"fast engine not used for {type(unit.model).__name__}: {exc}"
-                result.scores.clear()
-                result.engine = "naive"
+            result.note = ("fast engine: the baseline output changed during the walk (an in-place operation wrote "
+                           "into a cached value); this unit's scores were recomputed")
+            result.scores.clear()
+            result.engine = "naive"
         _naive(unit, record)
-        return result
-    finally:
-        unit.model.train(was_training)
+    return result
 
 
 def _naive(unit: EvalUnit, record: Emit) -> None:
@@ -149,131 +184,225 @@ _INPLACE_FUNCTIONS = {operator.iadd, operator.isub, operator.imul, operator.itru
                       operator.irshift, operator.imatmul, operator.setitem}
 
 
-def _mutates(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
-    """True when ``node`` may write into its first argument."""
-    if node.op == "call_module":
-        return bool(getattr(modules.get(node.target), "inplace", False))
-    if node.op == "call_method":
-        name = str(node.target)
+@define(frozen=True)
+class Ref:
+    """Inside a :class:`Step`'s arguments: the value computed by step ``index``."""
+
+    index: int
+
+
+_NO_DEFAULT = "<no default>"
+
+
+@define(frozen=True)
+class Step:
+    """One node of a traced graph as plain, picklable data.
+
+    ``op`` is fx's (``placeholder``, ``get_attr``, ``call_function``,
+    ``call_method``, ``call_module``, ``output``) or ``constant`` (a value the tracer
+    created, held in ``target``); node references in ``args``/``kwargs`` are :class:`Ref`.
+    """
+
+    op: str
+    target: Any
+    args: tuple
+    kwargs: dict
+    default: Any = _NO_DEFAULT
+
+
+def _convert(value: Any, index: dict) -> Any:
+    if isinstance(value, torch.fx.Node):
+        return Ref(index[value])
+    if isinstance(value, tuple):
+        return tuple(_convert(v, index) for v in value)
+    if isinstance(value, list):
+        return [_convert(v, index) for v in value]
+    if isinstance(value, dict):
+        return {k: _convert(v, index) for k, v in value.items()}
+    if isinstance(value, slice):
+        return slice(_convert(value.start, index), _convert(value.stop, index), _convert(value.step, index))
+    return value
+
+
+def _refs(value: Any) -> list[int]:
+    if isinstance(value, Ref):
+        return [value.index]
+    if isinstance(value, (tuple, list)):
+        return [i for v in value for i in _refs(v)]
+    if isinstance(value, dict):
+        return [i for v in value.values() for i in _refs(v)]
+    if isinstance(value, slice):
+        return _refs(value.start) + _refs(value.stop) + _refs(value.step)
+    return []
+
+
+def _load(value: Any, env: dict[int, Any]) -> Any:
+    if isinstance(value, Ref):
+        return env[value.index]
+    if isinstance(value, tuple):
+        return tuple(_load(v, env) for v in value)
+    if isinstance(value, list):
+        return [_load(v, env) for v in value]
+    if isinstance(value, dict):
+        return {k: _load(v, env) for k, v in value.items()}
+    if isinstance(value, slice):
+        return slice(_load(value.start, env), _load(value.stop, env), _load(value.step, env))
+    return value
+
+
+def _attr(root: Any, path: str) -> Any:
+    for part in path.split("."):
+        root = getattr(root, part)
+    return root
+
+
+@define
+class Program:
+    """A traced forward pass as a list of :class:`Step` (picklable; executed by :class:`GraphWalker`)."""
+
+    steps: list[Step]
+
+    @classmethod
+    def from_graph_module(cls, gm: torch.fx.GraphModule, model: nn.Module) -> "Program":
+        """Convert ``gm`` (traced from ``model``); attributes the tracer added become constants."""
+        nodes = list(gm.graph.nodes)
+        index = {node: i for i, node in enumerate(nodes)}
+        steps = []
+        for node in nodes:
+            if node.op == "get_attr":
+                try:
+                    _attr(model, str(node.target))
+                except AttributeError:
+                    steps.append(Step("constant", _attr(gm, str(node.target)), (), {}))
+                    continue
+            default = node.args[0] if node.op == "placeholder" and node.args else _NO_DEFAULT
+            args = () if node.op == "placeholder" else _convert(tuple(node.args), index)
+            steps.append(Step(node.op, node.target, args, _convert(dict(node.kwargs), index), default))
+        return cls(steps)
+
+
+_INPLACE_FUNCTIONS = {operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ifloordiv,
+                      operator.imod, operator.ipow, operator.iand, operator.ior, operator.ixor, operator.ilshift,
+                      operator.irshift, operator.imatmul, operator.setitem}
+
+
+def _mutates(step: Step, module: Optional[nn.Module]) -> bool:
+    """True when ``step`` may write into its first argument."""
+    if step.op == "call_module":
+        return bool(getattr(module, "inplace", False))
+    if step.op == "call_method":
+        name = str(step.target)
         return name.endswith("_") and not name.endswith("__")
-    if node.op == "call_function":
-        if node.target in _INPLACE_FUNCTIONS or node.kwargs.get("inplace") is True:
+    if step.op == "call_function":
+        if step.target in _INPLACE_FUNCTIONS or step.kwargs.get("inplace") is True:
             return True
-        name = getattr(node.target, "__name__", "")
+        name = getattr(step.target, "__name__", "")
         return name.endswith("_") and not name.endswith("__")
     return False
 
 
 class GraphWalker:
-    """A model traced by ``torch.fx``, executed node by node so execution can resume from any node.
+    """Executes a :class:`Program` on ``model`` step by step, so execution can resume from any step."""
 
-    :raises _Fallback: when tracing fails.
-    """
-
-    def __init__(self, model: nn.Module, output_fn: Callable[[Any], torch.Tensor]):
-        try:
-            self.gm = torch.fx.symbolic_trace(model)
-        except Exception as exc:  # noqa: BLE001 - any tracing failure means "use the naive engine"
-            raise _Fallback(f"torch.fx cannot trace it ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") \
-                from None
+    def __init__(self, model: nn.Module, program: Program, output_fn: Callable[[Any], torch.Tensor]):
         self.model = model
+        self.steps = program.steps
         self.output_fn = output_fn
-        self.nodes = list(self.gm.graph.nodes)
-        self.modules = dict(self.gm.named_modules())
-        position = {node: i for i, node in enumerate(self.nodes)}
-        self.last_use = {node: max((position[u] for u in node.users), default=position[node]) for node in self.nodes}
-        self.inputs = [list(node.all_input_nodes) for node in self.nodes]
-        self.mutating = [_mutates(node, self.modules) for node in self.nodes]
-        self.placeholders = [node for node in self.nodes if node.op == "placeholder"]
+        self.modules = {s.target: model.get_submodule(s.target) for s in self.steps if s.op == "call_module"}
+        self.inputs = [sorted(set(_refs(s.args) + _refs(s.kwargs))) for s in self.steps]
+        self.last_use = list(range(len(self.steps)))
+        for i, srcs in enumerate(self.inputs):
+            for src in srcs:
+                self.last_use[src] = max(self.last_use[src], i)
+        self.mutating = [_mutates(s, self.modules.get(s.target) if s.op == "call_module" else None)
+                         for s in self.steps]
+        self.placeholders = [i for i, s in enumerate(self.steps) if s.op == "placeholder"]
         self.signature = inspect.signature(model.forward)
 
     # ------------------------------------------------------------------ execution
 
     def start_of(self, layer: str) -> Optional[int]:
-        """Index of the first node that uses module ``layer`` (call or attribute access); ``None`` if unused."""
+        """Index of the first step that uses module ``layer`` (call or attribute access); ``None`` if unused."""
         prefix = layer + "."
-        for i, node in enumerate(self.nodes):
-            if node.op == "call_module" and (node.target == layer or str(node.target).startswith(prefix)):
+        for i, step in enumerate(self.steps):
+            if step.op == "call_module" and (step.target == layer or str(step.target).startswith(prefix)):
                 return i
-            if node.op == "get_attr" and str(node.target).startswith(prefix):
+            if step.op == "get_attr" and str(step.target).startswith(prefix):
                 return i
         return None
 
-    def _bind(self, batch: Batch) -> dict[torch.fx.Node, Any]:
+    def _bind(self, batch: Batch) -> dict[int, Any]:
         args, kwargs = batch
         try:
             bound = self.signature.bind(*args, **kwargs)
         except TypeError as exc:
             raise _Fallback(f"cannot bind the batch to forward{self.signature}: {exc}") from None
         env = {}
-        for node in self.placeholders:
-            name = str(node.target).lstrip("*")
+        for i in self.placeholders:
+            step = self.steps[i]
+            name = str(step.target).lstrip("*")
             if name in bound.arguments:
-                env[node] = bound.arguments[name]
-            elif node.args:
-                env[node] = node.args[0]
+                env[i] = bound.arguments[name]
+            elif step.default is not _NO_DEFAULT:
+                env[i] = step.default
             else:
                 param = self.signature.parameters.get(name)
                 if param is None or param.default is inspect.Parameter.empty:
                     raise _Fallback(f"no value for the traced input {name!r}")
-                env[node] = param.default
+                env[i] = param.default
         return env
 
-    def _exec(self, i: int, env: dict[torch.fx.Node, Any]) -> Any:
-        node = self.nodes[i]
-        load = env.__getitem__
-        args = torch.fx.node.map_arg(node.args, load)
-        kwargs = torch.fx.node.map_arg(node.kwargs, load)
-        op = node.op
-        if op == "call_module":
-            return self.modules[node.target](*args, **kwargs)
-        if op == "call_function":
-            return node.target(*args, **kwargs)
-        if op == "call_method":
-            return getattr(args[0], node.target)(*args[1:], **kwargs)
+    def _exec(self, i: int, env: dict[int, Any]) -> Any:
+        step = self.steps[i]
+        op = step.op
+        if op == "constant":
+            return step.target
         if op == "get_attr":
-            obj = self.gm
-            for part in str(node.target).split("."):
-                obj = getattr(obj, part)
-            return obj
+            return _attr(self.model, str(step.target))
+        args = _load(step.args, env)
+        kwargs = _load(step.kwargs, env)
+        if op == "call_module":
+            return self.modules[step.target](*args, **kwargs)
+        if op == "call_function":
+            return step.target(*args, **kwargs)
+        if op == "call_method":
+            return getattr(args[0], step.target)(*args[1:], **kwargs)
         if op == "output":
             return args[0]
         raise _Fallback(f"unsupported fx node kind {op!r}")
 
-    def _run(self, start: int, env: dict[torch.fx.Node, Any], *, private: bool) -> Any:
-        """Execute nodes ``start..`` on ``env`` (a private copy when ``private``); returns the model output."""
+    def _run(self, start: int, env: dict[int, Any], *, private: bool) -> Any:
+        """Execute steps ``start..`` on ``env`` (a private copy when ``private``); returns the model output."""
         local = dict(env) if private else env
         shared = set(env) if private else set()
-        out = None
-        for i in range(start, len(self.nodes)):
-            node = self.nodes[i]
-            if node.op == "placeholder":
+        for i in range(start, len(self.steps)):
+            step = self.steps[i]
+            if step.op == "placeholder":
                 continue
-            if self.mutating[i] and shared and node.all_input_nodes:
-                first = node.args[0] if node.args else None
-                if isinstance(first, torch.fx.Node) and first in shared:
-                    value = local[first]
-                    local[first] = value.clone() if isinstance(value, torch.Tensor) else value
-                    shared.discard(first)
+            if self.mutating[i] and shared and step.args:
+                first = step.args[0]
+                if isinstance(first, Ref) and first.index in shared:
+                    value = local[first.index]
+                    local[first.index] = value.clone() if isinstance(value, torch.Tensor) else value
+                    shared.discard(first.index)
             value = self._exec(i, local)
-            if node.op == "output":
-                out = value
-                break
-            local[node] = value
+            if step.op == "output":
+                return value
+            local[i] = value
             for src in self.inputs[i]:
                 if self.last_use[src] == i:
                     local.pop(src, None)
-            if not node.users:
-                local.pop(node, None)
-        return out
+            if self.last_use[i] == i:
+                local.pop(i, None)
+        return None
 
     def run(self, batches: Sequence[Batch]) -> torch.Tensor:
-        """The traced model's picked output over every batch (no grad)."""
+        """The program's picked output over every batch (no grad)."""
         with torch.inference_mode():
             return _cat([_pick(self.output_fn, self._run(0, self._bind(b), private=False)) for b in batches])
 
     def check(self, batches: Sequence[Batch], reference: torch.Tensor) -> None:
-        """Raise :class:`_Fallback` unless the traced graph reproduces the eager reference output."""
+        """Raise :class:`_Fallback` unless the program reproduces the eager reference output."""
         out = self.run(batches)
         if out.shape != reference.shape or not torch.equal(out, reference):
             diff = (out - reference).abs().max().item() if out.shape == reference.shape else float("nan")
@@ -281,7 +410,7 @@ class GraphWalker:
 
     def walk(self, batches: Sequence[Batch], tasks: Sequence[EvalTask], metric: Any, reference: torch.Tensor,
              record: Emit) -> bool:
-        """Score every task from its layer's first node; returns whether the final baseline output still matched."""
+        """Score every task from its layer's first step; returns whether the final baseline output still matched."""
         stops: dict[int, list[EvalTask]] = {}
         unused: list[EvalTask] = []
         for task in tasks:
@@ -295,29 +424,28 @@ class GraphWalker:
                 return True
             envs = [self._bind(b) for b in batches]
             last_stop = max(stops)
+            needs_final_check = any(self.mutating)
             outputs: list[Any] = [None] * len(envs)
-            for i in range(len(self.nodes)):
+            for i, step in enumerate(self.steps):
                 for task in stops.get(i, ()):
                     self._score_from(i, envs, task, metric, reference, record)
-                if i == last_stop and not self._needs_final_check():
+                if i == last_stop and not needs_final_check:
                     return True
-                node = self.nodes[i]
-                if node.op == "placeholder":
+                if step.op == "placeholder":
                     continue
                 for b, env in enumerate(envs):
                     value = self._exec(i, env)
-                    if node.op == "output":
+                    if step.op == "output":
                         outputs[b] = value
                         continue
-                    env[node] = value
+                    env[i] = value
                     for src in self.inputs[i]:
                         if self.last_use[src] == i:
                             env.pop(src, None)
+                    if self.last_use[i] == i:
+                        env.pop(i, None)
             final = _cat([_pick(self.output_fn, o) for o in outputs])
             return final.shape == reference.shape and torch.equal(final, reference)
-
-    def _needs_final_check(self) -> bool:
-        return any(self.mutating)
 
     def _score_from(self, i: int, envs: list[dict], task: EvalTask, metric: Any, reference: torch.Tensor,
                     record: Emit) -> None:

@@ -345,8 +345,8 @@ def apply_recipe(model: nn.Module, recipe: Recipe, *, table: Optional[Sensitivit
 
     With ``table`` (the one the recipe came from, still holding its records), each
     layer gets exactly the compressed tensor that was scored, with no clustering.
-    Otherwise each palettizer named by the recipe runs on its layers
-    (:meth:`Recipe.to_configs`), in recipe order. Every compressed tensor carries
+    Otherwise each palettizer named by the recipe clusters its layers from the
+    original weights (:meth:`Recipe.to_configs`). Every compressed tensor carries
     its record (:mod:`bitsmith.compressed`), so sizes and export work as after any
     palettizer's ``prepare()``. ``calibration_data`` is passed as ``example_inputs``
     to palettizers that need data (sensitive k-means).
@@ -366,10 +366,18 @@ def apply_recipe(model: nn.Module, recipe: Recipe, *, table: Optional[Sensitivit
             continue
         _apply_record(out, modules[entry.layer], entry.tensor, rec)
     for name, entries in leftover.items():
+        # cluster from the original weights (as the sensitivity stage did), then move the records over
         cls = registry.get("palettizer", name)
-        palettizer = cls(out, _config(entries), registry=registry) if _takes_registry(cls) else cls(out, _config(entries))
-        palettizer.prepare(calibration_data, inplace=True, progress=progress, executor=executor,
-                           num_workers=num_workers)
+        config = _config(entries)
+        palettizer = cls(model, config, registry=registry) if _takes_registry(cls) else cls(model, config)
+        prepared = palettizer.prepare(calibration_data, progress=progress, executor=executor,
+                                      num_workers=num_workers)
+        for entry in entries:
+            rec = compressed.records(prepared.get_submodule(entry.layer)).get(entry.tensor)
+            if not isinstance(rec, compressed.PalettizedTensor):
+                raise CompressionError(f"{entry.layer}.{entry.tensor}: palettizer {name!r} attached no palettized "
+                                       "record")
+            _apply_record(out, modules[entry.layer], entry.tensor, rec)
     return out
 
 

@@ -42,7 +42,7 @@ from ..resolve import ResolvedTensor
 from ..sizes import dense_size, dtype_bits, model_size, record_size
 from .cache import SensitivityCache, default_cache_dir, digest
 from .candidates import Candidate, CandidateLike, resolve_candidates
-from .engine import ENGINES, EvalTask, EvalUnit, UnitResult, run_unit, warn_fallback
+from .engine import ENGINES, EvalTask, EvalUnit, UnitResult, eval_mode, run_unit, trace, warn_fallback
 from .inputs import Batch, LayerInfo, default_output_fn, find_layers, hash_data, hash_weights, normalize_data, \
     run_batches
 from .table import SCHEMA_VERSION, SensitivityRow, SensitivityTable
@@ -116,31 +116,29 @@ def compute_sensitivity(model: nn.Module, data: Any, candidates: Optional[Iterab
                                              "metric": metric_name, "batches": len(batches)})
     pair_keys = {c.label: c.key() + ":" + str(_version(registry, "palettizer", c.palettizer)) for c in cands}
 
-    was_training = model.training
-    model.eval()
     own_pool = None
     if executor is None and num_workers > 1:  # one pool for clustering and scoring
         own_pool = executor = cf.ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("spawn"))
     try:
-        t0 = time.perf_counter()
-        reference = run_batches(model, batches, output_fn)
-        baseline_s = time.perf_counter() - t0
+        with eval_mode(model):
+            t0 = time.perf_counter()
+            reference = run_batches(model, batches, output_fn)
+            baseline_s = time.perf_counter() - t0
 
-        t0 = time.perf_counter()
-        records = _cluster(model, infos, cands, applicable, cache, pair_keys, classes, instances, registry,
-                           calibration_data if calibration_data is not None else _raw(batches), executor,
-                           progress)
-        cluster_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            records = _cluster(model, infos, cands, applicable, cache, pair_keys, classes, instances, registry,
+                               calibration_data if calibration_data is not None else _raw(batches), executor,
+                               progress)
+            cluster_s = time.perf_counter() - t0
 
-        t0 = time.perf_counter()
-        todo = [(li, ci) for li, info in enumerate(infos) for ci in applicable[li]
-                if cache.row(info.name, cache.pair_key(info.name, pair_keys[cands[ci].label])) is None]
-        engine_used, notes = _score(model, infos, cands, todo, records, batches, reference, metric_impl, output_fn,
-                                    "fast" if engine == "auto" else engine, cache, pair_keys, executor,
-                                    own_pool is not None, progress)
-        score_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            todo = [(li, ci) for li, info in enumerate(infos) for ci in applicable[li]
+                    if cache.row(info.name, cache.pair_key(info.name, pair_keys[cands[ci].label])) is None]
+            engine_used, notes = _score(model, infos, cands, todo, records, batches, reference, metric_impl,
+                                        output_fn, "fast" if engine == "auto" else engine, cache, pair_keys, executor,
+                                        own_pool is not None, progress)
+            score_s = time.perf_counter() - t0
     finally:
-        model.train(was_training)
         if own_pool is not None:
             own_pool.shutdown()
 
@@ -318,6 +316,13 @@ def _score(model: nn.Module, infos: Sequence[LayerInfo], cands: Sequence[Candida
         by_layer.setdefault(li, []).append(ci)
     tasks = [EvalTask(li, infos[li].name, infos[li].tensor, [(ci, records[(li, ci)]) for ci in cis])
              for li, cis in by_layer.items()]
+    notes: list[str] = []
+    program = None
+    if engine == "fast":  # trace once, here: tracing is not thread-safe
+        program, note = trace(model, batches, reference, output_fn)
+        if program is None:
+            notes.append(note)
+            engine = "naive"
     bar = progress_bar(total=len(todo), desc=f"sensitivity ({engine})", unit="pair", enabled=progress)
 
     def emit(li: int, ci: int, score: float, seconds: float) -> None:
@@ -328,7 +333,7 @@ def _score(model: nn.Module, infos: Sequence[LayerInfo], cands: Sequence[Candida
 
     def unit(chunk: list[EvalTask], unit_model: nn.Module, threads: Optional[int]) -> EvalUnit:
         return EvalUnit(model=unit_model, batches=batches, reference=reference, metric=metric, output_fn=output_fn,
-                        engine=engine, tasks=chunk, threads=threads)
+                        engine=engine, tasks=chunk, threads=threads, program=program)
 
     results: list[UnitResult] = []
     with bar:
@@ -341,7 +346,7 @@ def _score(model: nn.Module, infos: Sequence[LayerInfo], cands: Sequence[Candida
             # each unit gets its own model copy: thread-based executors share memory with us
             make = (lambda c: unit(c, copy.deepcopy(model), threads))
             results += _run_pool(executor, chunks, make, workers + 1, emit)
-    notes = list(dict.fromkeys(r.note for r in results if r.note))
+    notes = list(dict.fromkeys(notes + [r.note for r in results if r.note]))
     for note in notes:
         warn_fallback(note)
     used = sorted({r.engine for r in results})
