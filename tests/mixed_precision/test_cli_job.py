@@ -105,3 +105,20 @@ def test_missing_model_and_bad_callable(tmp_path):
     args = parse(["--model", "no_such_module_xyz:f", "--data", "a:b", "--target-bpw", "4"])
     with pytest.raises(ConfigError, match="model: cannot import module 'no_such_module_xyz'"):
         args.func(args)
+
+
+def test_package_docstring_example_runs(default_registry, tmp_path, monkeypatch):
+    import torch
+    from torch import nn
+
+    import bitsmith.mixed_precision as mp
+
+    code = mp.__doc__.split("Example::")[1].split("Metrics, searches")[0]
+    code = "\n".join(line[4:] for line in code.splitlines())
+    torch.manual_seed(0)
+    monkeypatch.chdir(tmp_path)
+    scope = {"model": nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 10)).eval(),
+             "calibration_batch": torch.randn(8, 16)}
+    exec(compile(code, "bitsmith.mixed_precision docstring", "exec"), scope)
+    assert (tmp_path / "recipe.yaml").exists() and scope["small"] is not scope["model"]
+    assert scope["config"].global_config is None

@@ -316,7 +316,9 @@ def generate_recipe(table: SensitivityTable, target_bpw: Optional[float] = None,
                   search=search, target_bpw=None if target_bpw is None else float(target_bpw),
                   target_size_mib=None if target_size is None else float(target_size), budget_bits=float(budget),
                   uncompressed_bits=table.uncompressed_bits, predicted_distortion=predicted,
-                  predicted_score=_predict(table.metric, predicted, registry))
+                  predicted_score=_predict(table.metric, predicted, registry),
+                  meta={"table": {k: table.meta[k] for k in ("model", "samples", "engine", "run_key")
+                                  if k in table.meta}, "candidates": table.candidates})
 
 
 def _finite_distortions(options: list) -> list[list[float]]:
