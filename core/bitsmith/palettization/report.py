@@ -70,7 +70,7 @@ class PalettizationReport:
 def sqnr_db(reference: torch.Tensor, approx: torch.Tensor) -> float:
     """Signal-to-quantization-noise ratio in dB (inf when exact)."""
     ref = reference.detach().double()
-    noise = (ref - approx.detach().double()).pow(2).sum().item()
+    noise = (ref - approx.detach().to(ref.device).double()).pow(2).sum().item()  # records live on the CPU
     signal = ref.pow(2).sum().item()
     if noise == 0:
         return math.inf

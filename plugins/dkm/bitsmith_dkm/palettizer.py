@@ -89,7 +89,8 @@ class DKMPalettizer(Palettizer):
             weight = getattr(target.module, target.tensor_name)
             param = DKMParametrization(target.spec, tuple(weight.shape), record.lut, self.config.dkm)
             param.to(weight.device)
-            parametrize.register_parametrization(target.module, target.tensor_name, param)
+            # unsafe: the shape/dtype check would run one full soft forward pass (the layout guarantees both)
+            parametrize.register_parametrization(target.module, target.tensor_name, param, unsafe=True)
             self._targets.append((target.qualified_name, target.module, target.tensor_name))
         self.prepared_model = model
         self._report = None
@@ -111,7 +112,7 @@ class DKMPalettizer(Palettizer):
             param = module.parametrizations[tensor_name][0]
             original = module.parametrizations[tensor_name].original
             record = param.record(original.detach())
-            weight = original.detach().clone()
+            weight = original.detach().to("cpu", copy=True)  # records live on the CPU; so does the report
             parametrize.remove_parametrizations(module, tensor_name, leave_parametrized=False)
             compressed.apply(module, tensor_name, record)
             rows.append(layer_report(name, weight, record))

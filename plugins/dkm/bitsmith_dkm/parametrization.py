@@ -91,7 +91,8 @@ class DKMParametrization(nn.Module):
                                        memory_saving=self.options.memory_saving, rows=self.rows_per_chunk)
             if self.options.straight_through:
                 y = y + (self._hard(x.detach(), final) - y).detach()
-        return apply_scale(self.layout.from_vectors(y), scale).to(weight.dtype)
+        # contiguous: convolutions take their fast (mkldnn) path only for contiguous weights
+        return apply_scale(self.layout.from_vectors(y), scale).to(weight.dtype).contiguous()
 
     @torch.no_grad()
     def effective_centroids(self, weight: torch.Tensor) -> torch.Tensor:
