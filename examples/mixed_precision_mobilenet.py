@@ -58,16 +58,23 @@ def main() -> None:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
+    timings: dict[str, tuple[float, float]] = {}  # stage -> (wall s, CPU s)
+
+    def clock() -> tuple[float, float]:
+        return time.perf_counter(), time.process_time()
+
+    def lap(name: str, since: tuple[float, float]) -> None:
+        now = clock()
+        timings[name] = (now[0] - since[0], now[1] - since[1])
 
     # ------------------------------------------------------------------ data and model
-    start = time.perf_counter()
+    start = clock()
     model = load_mobilenet_v2().eval()
     calibration = image_crops(args.calibration_crops, split="calibration")
     heldout = image_crops(args.heldout_crops, split="heldout")
     with torch.inference_mode():
         reference = model(heldout)
-    timings["load model + crops + fp32 reference"] = time.perf_counter() - start
+    lap("load model + crops + fp32 reference", start)
     kl, psnr = plugins.get("sensitivity_metric", "kl"), plugins.get("sensitivity_metric", "psnr")
 
     def fidelity(compressed: torch.nn.Module) -> dict[str, float]:
@@ -81,10 +88,10 @@ def main() -> None:
 
     # ------------------------------------------------------------------ stage 1: sensitivity
     candidates = SEED_CANDIDATES if args.seed_candidates_only else RICH_CANDIDATES
-    start = time.perf_counter()
+    start = clock()
     table = compute_sensitivity(model, calibration, candidates, metric="psnr",
                                 cache_dir=None if args.no_cache else ".bitsmith-cache")
-    timings["stage 1: sensitivity table"] = time.perf_counter() - start
+    lap("stage 1: sensitivity table", start)
     s = table.meta["seconds"]
     print(f"Stage 1 - sensitivity: {len(table.layers)} layers x {len(table.candidates)} candidates = "
           f"{len(table.rows)} pairs ({table.meta['pairs_scored']} scored now, the rest from the cache), "
@@ -95,7 +102,7 @@ def main() -> None:
     table.save(out / "sensitivity.csv")
 
     # ------------------------------------------------------------------ stage 2: recipes
-    start = time.perf_counter()
+    start = clock()
     recipes = {}
     sets = {"2/4/6-bit": table.select(candidates=SEED_CANDIDATES)}
     if not args.seed_candidates_only:
@@ -105,7 +112,7 @@ def main() -> None:
             recipe = generate_recipe(sub, target_bpw=args.target_bpw, search=search)
             recipes[(set_name, search)] = recipe
             recipe.save(out / f"recipe_{set_name.replace('/', '_')}_{search}.yaml")
-    timings["stage 2: recipes (4 searches)"] = time.perf_counter() - start
+    lap("stage 2: recipes (4 searches)", start)
     main_key = ("rich", "optimal") if ("rich", "optimal") in recipes else ("2/4/6-bit", "optimal")
     print(f"\nStage 2 - recipe ({main_key[1]} search, {main_key[0]} candidates, target {args.target_bpw:g} BPW):")
     print(recipes[main_key].summary())
@@ -116,7 +123,7 @@ def main() -> None:
     dump(recipes[main_key].to_config(), out / "config.yaml")
 
     # ------------------------------------------------------------------ stage 3: apply + evaluate
-    start = time.perf_counter()
+    start = clock()
     rows = []
     fp32 = model_size(model)
     base = fidelity(model)
@@ -134,7 +141,7 @@ def main() -> None:
         results[(set_name, search)] = fid
         rows.append((f"mixed {set_name}, {search} (target {args.target_bpw:g})", size.bpw_index, size.bpw, size.mib,
                      fid["value"], fid["kl"], fid["psnr"]))
-    timings["stage 3: apply + evaluate"] = time.perf_counter() - start
+    lap("stage 3: apply + evaluate", start)
     print(f"\nStage 3 - results on {args.heldout_crops} held-out crops (fidelity to the fp32 model):")
     table_text = format_table(["Configuration", "BPW index", "BPW all-in", "Size (MiB)", "Top-1 agreement",
                                "KL (nats)", "PSNR (dB)"],
@@ -150,8 +157,8 @@ def main() -> None:
           f"{u_fid['value']:.1%}")
 
     # ------------------------------------------------------------------ pareto sweep + plot
-    start = time.perf_counter()
-    targets = [2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 6.0]
+    start = clock()
+    targets = [2.5, 3.0, 3.5, 4.0, 5.0, 6.0]
 
     def evaluate(recipe):
         return fidelity(apply_recipe(model, recipe, table=table))
@@ -168,11 +175,13 @@ def main() -> None:
         print(f"plot: {out / 'pareto.png'}")
     except ImportError as exc:
         print(f"(no plot: {exc})")
-    timings["pareto sweep (evaluated)"] = time.perf_counter() - start
+    lap("pareto sweep (evaluated)", start)
 
-    print("\nStage timings:")
-    print(format_table(["Stage", "Seconds"], [(k, f"{v:.1f}") for k, v in timings.items()] +
-                       [("total", f"{sum(timings.values()):.1f}")], align="lr"))
+    print(f"\nStage timings ({torch.get_num_threads()} torch threads; CPU = this process's CPU time):")
+    total = (sum(w for w, _ in timings.values()), sum(c for _, c in timings.values()))
+    print(format_table(["Stage", "Wall (s)", "CPU (s)"],
+                       [(k, f"{w:.1f}", f"{c:.1f}") for k, (w, c) in timings.items()] +
+                       [("total", f"{total[0]:.1f}", f"{total[1]:.1f}")], align="lrr"))
     print(f"artifacts: {out}/ (sensitivity.csv, recipe_*.yaml, config.yaml, results.txt, pareto.png)")
 
 

@@ -30,7 +30,6 @@ from .. import compressed, plugins
 from ..config import KMeansPalettizerConfig, ModuleKMeansPalettizerConfig, PalettizationSpec, from_dict, to_dict
 from ..errors import CompressionError, ConfigError
 from ..protocols import RecipeProblem
-from ..sizes import model_size
 from ..table import format_table
 from .table import SensitivityTable, decode_float, encode_float, rows_by_layer
 

@@ -25,7 +25,6 @@ import multiprocessing
 import os
 import time
 from collections import OrderedDict
-from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
 import attrs
@@ -39,7 +38,7 @@ from ..palettization import Palettizer
 from ..palettization.tensor import check_palettizable
 from ..progress import progress_bar
 from ..resolve import ResolvedTensor
-from ..sizes import dense_size, dtype_bits, model_size, record_size
+from ..sizes import dense_size, model_size, record_size
 from .cache import SensitivityCache, default_cache_dir, digest
 from .candidates import Candidate, CandidateLike, resolve_candidates
 from .engine import ENGINES, EvalTask, EvalUnit, UnitResult, eval_mode, run_unit, trace, warn_fallback

@@ -15,11 +15,13 @@ import math
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
+import torch
 from attrs import define, evolve, field
 
 from ..compressed import PalettizedTensor
 from ..config import PalettizationSpec, from_dict, to_dict
 from ..errors import ConfigError
+from ..sizes import dtype_bits
 from ..table import format_table
 from .inputs import LayerInfo
 
@@ -305,9 +307,6 @@ def _check_header(data: Mapping[str, Any], source: str) -> None:
 
 
 def _dtype_bits(name: str) -> int:
-    from ..sizes import dtype_bits
-    import torch
-
     return dtype_bits(getattr(torch, name))
 
 
