@@ -26,5 +26,7 @@ def _cell(value: Any) -> str:
             return "-"
         if value in (float("inf"), float("-inf")):
             return "inf" if value > 0 else "-inf"
+        if value and abs(value) < 0.01:  # e.g. an MSE of 1.7e-05 must not print as 0.00
+            return f"{value:.3g}"
         return f"{value:.2f}"
     return str(value)
