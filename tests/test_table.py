@@ -1,6 +1,6 @@
 """bitsmith.table.format_table: the text tables every report prints."""
 
-from bitsmith.table import format_table
+from bitsmith.table import format_number, format_table
 
 
 def test_columns_are_aligned_and_numbers_right_aligned():
@@ -19,3 +19,8 @@ def test_small_floats_keep_significant_digits():
 def test_nan_and_infinities_print_as_words():
     text = format_table(["a", "b", "c"], [(float("nan"), float("inf"), float("-inf"))])
     assert text.splitlines()[-1].split() == ["-", "inf", "-inf"]
+
+
+def test_format_number_is_what_reports_use():
+    assert format_number(41.0) == "41.00" and format_number(0.0) == "0.00"
+    assert format_number(-3.2e-4) == "-0.00032" and format_number(float("nan")) == "-"

@@ -20,13 +20,19 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, align
     return "\n".join(out)
 
 
+def format_number(value: float) -> str:
+    """A score for humans: two decimals, or three significant digits when that would print ``0.00``.
+
+    ``nan`` prints as ``-``; infinities as ``inf`` / ``-inf``.
+    """
+    if value != value:  # NaN
+        return "-"
+    if value in (float("inf"), float("-inf")):
+        return "inf" if value > 0 else "-inf"
+    if value and abs(value) < 0.01:  # e.g. an MSE of 1.7e-05 must not print as 0.00
+        return f"{value:.3g}"
+    return f"{value:.2f}"
+
+
 def _cell(value: Any) -> str:
-    if isinstance(value, float):
-        if value != value:  # NaN
-            return "-"
-        if value in (float("inf"), float("-inf")):
-            return "inf" if value > 0 else "-inf"
-        if value and abs(value) < 0.01:  # e.g. an MSE of 1.7e-05 must not print as 0.00
-            return f"{value:.3g}"
-        return f"{value:.2f}"
-    return str(value)
+    return format_number(value) if isinstance(value, float) else str(value)

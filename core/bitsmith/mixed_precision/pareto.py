@@ -19,7 +19,7 @@ from attrs import define, field
 
 from .. import plugins
 from ..errors import ConfigError
-from ..table import format_table
+from ..table import format_number, format_table
 from .recipe import Recipe, generate_recipe
 from .table import SensitivityTable
 
@@ -73,7 +73,7 @@ class ParetoSweep:
             if isinstance(ev, Mapping):
                 ev = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in ev.items())
             rows.append((f"{p.target:g}", f"{r.bpw_index:.3f}", f"{r.bpw:.3f}", f"{r.size_mib:.2f}",
-                         "-" if r.predicted_score is None else f"{r.predicted_score:.2f}",
+                         "-" if r.predicted_score is None else format_number(r.predicted_score),
                          "-" if ev is None else (f"{ev:.4f}" if isinstance(ev, float) else str(ev))))
         head = ["Target " + ("BPW" if self.target_kind == "bpw" else "MiB"), "BPW index", "BPW all-in", "Size (MiB)",
                 "Predicted", "Evaluation"]

@@ -30,7 +30,7 @@ from .. import compressed, plugins
 from ..config import KMeansPalettizerConfig, ModuleKMeansPalettizerConfig, PalettizationSpec, from_dict, to_dict
 from ..errors import CompressionError, ConfigError
 from ..protocols import RecipeProblem
-from ..table import format_table
+from ..table import format_number, format_table
 from .table import SensitivityTable, decode_float, encode_float, rows_by_layer
 
 __all__ = ["RECIPE_SCHEMA_VERSION", "Recipe", "RecipeLayer", "apply_recipe", "generate_recipe"]
@@ -160,7 +160,7 @@ class Recipe:
         target = (f"target {self.target_bpw:g} BPW" if self.target_bpw is not None
                   else f"target {self.target_size_mib:g} MiB")
         pred = "" if self.predicted_score is None else (
-            f", predicted {self.metric.upper()} {self.predicted_score:.2f}{(' ' + self.unit) if self.unit else ''}")
+            f", predicted {self.metric.upper()} {format_number(self.predicted_score)}{(' ' + self.unit) if self.unit else ''}")
         lines.append(f"{self.search} recipe, {target}: {len(self.layers)} layers, BPW {self.bpw_index:.3f} index-only, "
                      f"{self.bpw:.3f} all-in; {self.size_mib:.2f} MiB{pred}")
         return "\n".join(lines)
