@@ -17,6 +17,10 @@ Models (all returned in eval mode, on CPU):
 
 Data: :func:`image_crops` (ImageNet-preprocessed crops, disjoint calibration and
 held-out photos), :func:`preprocess`, :func:`load_image`.
+
+Fidelity tasks (:mod:`bitsmith_zoo.fidelity`): :func:`mobilenet_v2_task`,
+:func:`minilm_task`, :func:`efficientnet_lite0_task` -- a model, calibration and
+held-out data, and how a compressed copy's fidelity to fp32 is measured.
 """
 
 from __future__ import annotations
@@ -54,6 +58,11 @@ _EXPORTS: dict[str, str] = {
     "HELDOUT_IMAGES": "data",
     "IMAGENET_MEAN": "data",
     "IMAGENET_STD": "data",
+    # fidelity tasks
+    "FidelityTask": "fidelity",
+    "mobilenet_v2_task": "fidelity",
+    "minilm_task": "fidelity",
+    "efficientnet_lite0_task": "fidelity",
     # errors / paths
     "AssetMissingError": "_assets",
     "cache_dir": "_assets",
