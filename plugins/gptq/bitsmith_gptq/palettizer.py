@@ -144,10 +144,11 @@ class GPTQPalettizer(Palettizer):
         diag = hessian.diagonal(dim1=1, dim2=2).clamp_min(0)
         diag = diag + 1e-3 * diag.mean().clamp_min(1e-30)  # columns no input reaches still count a little
         importance = diag[:, None, :].expand(layout.groups, layout.rows, layout.columns).reshape(weight.shape)
-        if item.spec.enable_per_channel_scale:
+        if item.spec.enable_per_channel_scale:  # the scale palettize_tensor divides by (1 for a zero row)
             scale = weight.reshape(weight.shape[0], -1).abs().amax(dim=1)
+            scale = torch.where(scale > 0, scale, torch.ones_like(scale))
             importance = importance * scale.pow(2).reshape(-1, *([1] * (weight.dim() - 1)))
-        return importance.float()
+        return importance.clamp_min(importance.max() * 1e-6).float()  # no weight vanishes in float32
 
     def finish_record(self, item: ResolvedTensor, record: compressed.PalettizedTensor) -> compressed.PalettizedTensor:
         """Re-choose the record's indices (and refit its scales) for the layer's output."""

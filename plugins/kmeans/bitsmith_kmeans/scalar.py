@@ -40,6 +40,7 @@ HISTOGRAM_MIN_SIZE = 1 << 15
 """Inputs with at least this many values use the 65536-bin histogram; smaller ones ``np.unique``."""
 
 _CHUNK = 1 << 20
+_MIN_RELATIVE_WEIGHT = 1e-9  # smallest weight of a distinct value relative to the total (DP prefix sums)
 _kernel = None
 
 
@@ -161,6 +162,9 @@ def _cluster_values(values: np.ndarray, weight: np.ndarray, k: int) -> tuple[np.
     """Centroids (float64, ascending) and the cluster of every distinct value."""
     positive = weight > 0
     v, w = values[positive], weight[positive]
+    # The DP takes segment weights as differences of prefix sums: a weight below the sum's
+    # rounding error would make a segment weigh 0. Raise such weights to a tiny floor.
+    w = np.maximum(w, w.sum() * _MIN_RELATIVE_WEIGHT)
     if v.size <= k:
         bounds = np.arange(v.size + 1)
     else:

@@ -202,3 +202,15 @@ def test_bad_input_is_rejected(bad, match):
 def test_optimal_boundaries_rejects_out_of_range_sizes():
     with pytest.raises(ValueError, match="1 <= k < n"):
         optimal_boundaries(np.arange(3.0), np.ones(3), 3)
+
+
+def test_weights_spanning_many_orders_of_magnitude_do_not_break_the_dp():
+    # Input-energy weights (GPTQ's weighted LUTs) can differ by 1e30 between weights; a weight
+    # below the prefix sums' rounding error used to make a DP segment weigh 0 (ZeroDivisionError).
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=20000).astype(np.float32)
+    w = np.exp(rng.uniform(-80, 0, size=x.size))
+    centroids, labels = kmeans_1d(x, 16, w)
+    assert centroids.shape == (16,) and np.all(np.diff(centroids) > 0)
+    assert labels.min() == 0 and labels.max() == 15
+    assert x.min() <= centroids[0] and centroids[-1] <= x.max()
