@@ -3,10 +3,10 @@
     ./run demo                      # or: python examples/mixed_precision_mobilenet.py
 
 1. Sensitivity: every one of MobileNetV2's 53 conv/linear layers is palettized alone
-   with every candidate and scored by the PSNR of the logits against the fp32 model
-   on calibration crops (photos the evaluation never sees). The fast torch.fx engine
-   re-runs only the part of the network after the changed layer; the table is cached
-   on disk (.bitsmith-cache), so a second run skips this stage.
+   with every candidate and scored by the KL divergence of the logits from the fp32
+   model's on calibration crops (photos the evaluation never sees). The fast torch.fx
+   engine re-runs only the part of the network after the changed layer; the table is
+   cached on disk (.bitsmith-cache), so a second run skips this stage.
 2. Recipe: one candidate per layer for a 4.0 BPW budget (all-in: indices + LUTs +
    scales), by the "greedy" and the exact "optimal" search; saved as YAML and as a
    ``KMeansPalettizerConfig``.
@@ -14,10 +14,12 @@
    ``KMeansPalettizer``) and the fp32 model on held-out crops: top-1 agreement with
    fp32, KL divergence and PSNR of the logits; a sweep of targets is plotted.
 
-Two candidate sets are compared: seed 000's 2/4/6-bit per-tensor, and a richer set
-that adds 3- and 8-bit and per-channel scales ("+scale": each output channel is
-divided by its largest magnitude before clustering, 32 bits per channel). Outputs
-go to artifacts/mixed_precision_mobilenet/.
+Two candidate sets are compared: seed 000's 2/4/6-bit per-tensor k-means, and a
+richer set that adds 3- and 8-bit, per-channel scales ("+scale": each output channel
+is divided by its largest magnitude before clustering, 32 bits per channel) and GPTQ
+index assignment ("@gptq", bitsmith-gptq: same LUTs and size as k-means, indices
+chosen to keep each layer's output on the calibration crops close). Outputs go to
+artifacts/mixed_precision_mobilenet/.
 """
 
 from __future__ import annotations
@@ -29,12 +31,14 @@ from pathlib import Path
 import torch
 
 SEED_CANDIDATES = ["2-bit", "4-bit", "6-bit"]
-RICH_CANDIDATES = SEED_CANDIDATES + ["3-bit", "8-bit", "2-bit +scale", "4-bit +scale", "6-bit +scale"]
+RICH_CANDIDATES = SEED_CANDIDATES + ["3-bit", "8-bit", "2-bit +scale", "3-bit +scale", "4-bit +scale", "6-bit +scale",
+                                     "2-bit +scale @gptq", "3-bit +scale @gptq", "4-bit +scale @gptq",
+                                     "6-bit +scale @gptq"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Mixed-precision palettization of MobileNetV2")
-    parser.add_argument("--calibration-crops", type=int, default=16, help="crops for the sensitivity stage")
+    parser.add_argument("--calibration-crops", type=int, default=32, help="crops for the sensitivity stage")
     parser.add_argument("--heldout-crops", type=int, default=64, help="crops for evaluation (other photos)")
     parser.add_argument("--target-bpw", type=float, default=4.0, help="all-in bits per weight")
     parser.add_argument("--seed-candidates-only", action="store_true", help="skip the richer candidate set")
@@ -89,7 +93,7 @@ def main() -> None:
     # ------------------------------------------------------------------ stage 1: sensitivity
     candidates = SEED_CANDIDATES if args.seed_candidates_only else RICH_CANDIDATES
     start = clock()
-    table = compute_sensitivity(model, calibration, candidates, metric="psnr",
+    table = compute_sensitivity(model, calibration, candidates, metric="kl",
                                 cache_dir=None if args.no_cache else ".bitsmith-cache")
     lap("stage 1: sensitivity table", start)
     s = table.meta["seconds"]

@@ -12,6 +12,7 @@ label (:meth:`PalettizationSpec.describe`) with an optional ``@palettizer`` suff
     "4-bit cd2"                vector palettization (pairs of weights)
     "4-bit lut:int8"           LUT entries stored as int8 (symmetric)
     "3-bit @sensitive_kmeans"  clustered by the sensitive_kmeans palettizer
+    "4-bit +scale @gptq"       k-means LUTs, indices chosen by the gptq palettizer
 """
 
 from __future__ import annotations
