@@ -63,7 +63,8 @@ def run_task(task, target_bpw: float, cache_dir) -> list[tuple[str, float, float
     with warnings.catch_warnings():  # MiniLM: fx cannot trace it, the naive engine is used (said below)
         warnings.simplefilter("ignore")
         table = compute_sensitivity(task.model, task.calibration, list(sets.values())[-1],
-                                    metric=task.sensitivity_metric, cache_dir=cache_dir)
+                                    metric=task.sensitivity_metric, calibration_data=task.calibration_data,
+                                    cache_dir=cache_dir)
     print(f"  sensitivity: {len(table.layers)} layers x {len(table.candidates)} candidates, "
           f"{table.meta['pairs_scored']} pairs scored now ({table.meta['engine']} engine), "
           f"{time.perf_counter() - start:.0f} s")

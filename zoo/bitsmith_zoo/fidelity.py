@@ -20,7 +20,7 @@ Each task also names the sensitivity metric that tracks its fidelity measure
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +53,8 @@ class FidelityTask:
     :param measure: what :meth:`fidelity` returns (``"top-1 agreement"``, ``"mean cosine"``).
     :param sensitivity_metric: the registered sensitivity metric that tracks ``measure``.
     :param compare: ``compare(reference_output, output) -> float`` (higher is better).
+    :param calibration_data: batches for palettizers that learn from data (GPTQ, Sensitive
+        K-Means), built from the calibration data only; ``None``: ``calibration``.
     """
 
     name: str
@@ -63,6 +65,7 @@ class FidelityTask:
     measure: str
     sensitivity_metric: str
     compare: Callable[[torch.Tensor, torch.Tensor], float]
+    calibration_data: Optional[list[Any]] = None
     reference: torch.Tensor = field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -108,10 +111,17 @@ def efficientnet_lite0_task(calibration_crops: int = 32, heldout_crops: int = 64
 
 
 def minilm_task(calibration_sentences: int = 60) -> FidelityTask:
-    """all-MiniLM-L6-v2; a seeded split of :data:`~bitsmith_zoo.minilm.SENTENCES`; mean cosine of embeddings."""
+    """all-MiniLM-L6-v2; a seeded split of :data:`~bitsmith_zoo.minilm.SENTENCES`; mean cosine of embeddings.
+
+    Palettizers that learn from data also see each calibration sentence joined with
+    another one (``calibration_data``): new contexts for the same tokens, twice the
+    activations for GPTQ's second moments, nothing from the held-out sentences.
+    """
     from .minilm import load_minilm, sentence_split, tokenize
 
     calibration, heldout = sentence_split(calibration_sentences)
+    n = len(calibration)
+    joined = [f"{calibration[i]} {calibration[(i + 7) % n]}" for i in range(n)]
 
     def batch(sentences: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         tokens = tokenize(sentences)
@@ -121,7 +131,8 @@ def minilm_task(calibration_sentences: int = 60) -> FidelityTask:
         name="minilm",
         title=f"all-MiniLM-L6-v2, {len(calibration)} calibration / {len(heldout)} held-out sentences",
         model=load_minilm(attn_implementation="eager"), calibration=[batch(calibration)], heldout=batch(heldout),
-        measure="mean cosine", sensitivity_metric="mse", compare=mean_cosine)
+        measure="mean cosine", sensitivity_metric="mse", compare=mean_cosine,
+        calibration_data=[batch(calibration), batch(joined)])
 
 
 TASKS: dict[str, Callable[..., FidelityTask]] = {

@@ -37,3 +37,16 @@ def test_minilm_task_uses_disjoint_sentences_and_cosine() -> None:
     assert ids.shape == mask.shape and held_ids.shape == held_mask.shape
     assert task.fidelity(task.model) == pytest.approx(1.0, abs=1e-6)
     assert task.sensitivity_metric == "mse" and set(TASKS) == {"mobilenet_v2", "minilm", "efficientnet_lite0"}
+
+
+def test_minilm_calibration_data_comes_from_calibration_sentences_only() -> None:
+    from bitsmith_zoo.minilm import sentence_split, tokenize
+
+    task = minilm_task(calibration_sentences=60)
+    calibration, heldout = sentence_split(60)
+    plain, joined = task.calibration_data
+    assert torch.equal(plain[0], task.calibration[0][0]) and joined[0].shape[0] == 60
+    assert joined[0].shape[1] > plain[0].shape[1]  # two sentences per row
+    held_tokens = set(tokenize(heldout)["input_ids"].flatten().tolist())
+    cal_tokens = set(tokenize(calibration)["input_ids"].flatten().tolist())
+    assert set(joined[0].flatten().tolist()) <= cal_tokens and held_tokens - cal_tokens

@@ -84,7 +84,8 @@ def compute_sensitivity(model: nn.Module, data: Any, candidates: Optional[Iterab
     :param palettizers: ready palettizer instances by name (e.g. a calibrated
         ``SKMPalettizer``) used instead of building them.
     :param calibration_data: batches for palettizers that need calibration (a
-        ``compute_sensitivity(data)`` method, like ``SKMPalettizer``); default ``data``.
+        ``compute_sensitivity(data)`` method, like ``SKMPalettizer`` and ``GPTQPalettizer``);
+        default ``data``. Part of the cache key when given.
     :param registry: plugin registry (default: the process-wide one).
     """
     started = time.perf_counter()
@@ -107,9 +108,13 @@ def compute_sensitivity(model: nn.Module, data: Any, candidates: Optional[Iterab
     batches = normalize_data(data)
     output_fn = output_fn or default_output_fn
 
+    # separate calibration data is read once (a generator is not consumed twice) and keys the cache:
+    # the records of calibrated palettizers depend on it
+    calibration = None if calibration_data is None else normalize_data(calibration_data)
     run_key = digest(SCHEMA_VERSION, hash_weights(model), hash_data(batches), metric_name,
                      _version(registry, "sensitivity_metric", metric_name), repr(metric_impl),
-                     getattr(output_fn, "__module__", ""), getattr(output_fn, "__qualname__", repr(output_fn)))
+                     getattr(output_fn, "__module__", ""), getattr(output_fn, "__qualname__", repr(output_fn)),
+                     *([] if calibration is None else ["calibration", hash_data(calibration)]))
     root = default_cache_dir() if cache_dir is _DEFAULT else cache_dir
     cache = SensitivityCache(root, run_key, {"schema_version": SCHEMA_VERSION, "model": type(model).__qualname__,
                                              "metric": metric_name, "batches": len(batches)})
@@ -126,7 +131,7 @@ def compute_sensitivity(model: nn.Module, data: Any, candidates: Optional[Iterab
 
             t0 = time.perf_counter()
             records = _cluster(model, infos, cands, applicable, cache, pair_keys, classes, instances, registry,
-                               calibration_data if calibration_data is not None else _raw(batches), executor,
+                               _raw(batches if calibration is None else calibration), executor,
                                progress)
             cluster_s = time.perf_counter() - t0
 

@@ -228,3 +228,22 @@ def test_weighted_luts_follow_the_input_energy():
         with torch.no_grad():
             errors[weighted] = (palettizer.prepare()(calibration) - model(calibration)).pow(2).mean().item()
     assert errors[True] < 0.9 * errors[False]  # 0.146 vs 0.167 (seeded)
+
+
+def test_sensitivity_cache_is_keyed_by_the_calibration_data(tmp_path):
+    pytest.importorskip("bitsmith_kmeans")
+    from bitsmith.mixed_precision import compute_sensitivity
+
+    model, data = _net(), torch.rand(4, 3, 8, 8)
+    calibration = [torch.rand(8, 3, 8, 8), torch.rand(8, 3, 8, 8)]
+
+    def table(calib):
+        return compute_sensitivity(model, data, ["2-bit @gptq"], metric="mse", cache_dir=tmp_path,
+                                   layers=["conv", "fc"], calibration_data=calib)
+
+    first = table(calibration)
+    assert first.meta["pairs_scored"] == 2
+    assert table(iter(calibration)).meta["pairs_scored"] == 0  # same batches (a generator is fine): cached
+    other = table([torch.rand(8, 3, 8, 8)])
+    assert other.meta["pairs_scored"] == 2  # other calibration data: other GPTQ records, not the cached ones
+    assert table(None).meta["pairs_scored"] == 2  # calibrated on the scoring data
