@@ -162,3 +162,10 @@ def test_plugin_classes_give_install_hint_when_absent(bitsmith_registry):
         from bitsmith.palettization import KMeansPalettizer  # noqa: F401
     with pytest.raises(ImportError, match="pip install bitsmith-int8-quant"):
         from bitsmith.quantization import Quantizer  # noqa: F401
+
+
+
+def test_torch_single_thread_fixture_runs_torch_on_one_thread(torch_single_thread):
+    import torch
+
+    assert torch.get_num_threads() == 1

@@ -9,6 +9,9 @@ Installed with bitsmith (entry point ``pytest11``), so in any test session:
 - ``fake_entry_point(name, source)``: write a throw-away dist with a ``bitsmith``
   entry point (module ``source`` as text, may raise on import) onto ``sys.path``
   and reset the default registry so the next lookup discovers it.
+- ``torch_single_thread``: torch runs on one thread for the test (restored
+  afterwards); tiny models run fastest so, without OpenMP oversubscription on busy
+  CI machines. Use it from an autouse fixture or ``pytest.mark.usefixtures``.
 
 Contract checks raise ``AssertionError`` with a reason: :func:`check_clusterer`,
 :func:`check_metric`, :func:`check_recipe_search`, :func:`check_export_backend`.
@@ -23,6 +26,17 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
+
+
+@pytest.fixture
+def torch_single_thread() -> Iterator[None]:
+    """torch on one thread for the test; the previous thread count is restored afterwards."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture

@@ -52,9 +52,5 @@ def mlp():
 
 
 @pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models run fastest on one thread; it also avoids OpenMP oversubscription on busy CI machines."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+def _one_torch_thread(torch_single_thread):
+    """Every test here runs torch on one thread (bitsmith.testing's ``torch_single_thread``)."""

@@ -19,13 +19,7 @@ from bitsmith.sizes import model_size
 from bitsmith_gptq import GPTQPalettizer, assign_indices, collect_input_stats, inverse_hessian_factor, refit_scales
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread, above all on a busy machine (restored afterwards)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_single_thread")  # bitsmith.testing: tiny models, one thread
 
 
 def quantile_kmeans(x, k, *, sample_weight=None, seed=None):

@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -24,9 +23,5 @@ def registry() -> Registry:
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run much faster on one thread, above all on a busy machine (restored afterwards)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def one_thread(torch_single_thread):
+    """Every test here runs torch on one thread (bitsmith.testing's ``torch_single_thread``)."""
