@@ -224,7 +224,7 @@ def model_size(model: nn.Module, *, dtype: Optional[torch.dtype] = None) -> Mode
     """
     compressed, seen, counted = ZERO, set(), set()
     for _, module, name, record in iter_records(model):
-        seen.update(id(t) for t in _record_tensors(record))
+        seen.update(id(t) for t in record_tensors(record))
         if isinstance(record, ActivationQuant):
             continue
         tensor = module._parameters.get(name, module._buffers.get(name))  # a stored tensor, never a computed one
@@ -242,7 +242,7 @@ def model_size(model: nn.Module, *, dtype: Optional[torch.dtype] = None) -> Mode
     return ModelSize(compressed, uncompressed)
 
 
-def _record_tensors(record: object) -> Iterable[torch.Tensor]:
+def record_tensors(record: object) -> Iterable[torch.Tensor]:
     """Every tensor a record holds (LUTs, indices, scales, zero points, outliers)."""
     stack = [record]
     while stack:

@@ -21,9 +21,7 @@ from torch import nn
 
 from bitsmith.compressed import PalettizedTensor, QuantizedTensor
 from bitsmith.errors import CompressionError
-
-LAYOUTS = "_bitsmith_coreai"
-"""Key in ``module.__dict__`` of the ``{tensor_name: layout}`` dict of converted tensors."""
+from bitsmith.export import CONVERTED, Converted, mark_converted
 
 FORMAT_VERSION = 1
 """First entry of every ``<tensor>_lut_params`` buffer."""
@@ -127,7 +125,7 @@ def _out_dtype(anchor: torch.Tensor, anchor_dtype: torch.dtype, recorded: torch.
 
 
 class CoreAIModule:
-    """Mixin placed in front of a layer class: computed tensors are served from :data:`LAYOUTS`.
+    """Mixin placed in front of a layer class: computed tensors are served from their layouts.
 
     The generated subclass (``CoreAILinear`` …) pickles and deep-copies by rebuilding
     itself from the original layer class, so finalized models work with
@@ -137,9 +135,9 @@ class CoreAIModule:
     _bitsmith_base: type = nn.Module
 
     def __getattr__(self, name: str) -> Any:
-        layouts = self.__dict__.get(LAYOUTS)
-        if layouts is not None and name in layouts:
-            return layouts[name].dense(self, name)
+        converted = self.__dict__.get(CONVERTED)
+        if converted is not None and name in converted:
+            return converted[name].layout.dense(self, name)
         return super().__getattr__(name)
 
     def __reduce_ex__(self, protocol: Any) -> Any:
@@ -168,8 +166,8 @@ def _rebuild(base: type) -> nn.Module:
 
 
 def layouts(module: nn.Module) -> dict[str, Layout]:
-    """The converted tensors of ``module`` (empty when none)."""
-    return module.__dict__.get(LAYOUTS, {})
+    """The converted tensors of ``module`` and their layouts (empty when none)."""
+    return {name: conv.layout for name, conv in module.__dict__.get(CONVERTED, {}).items()}
 
 
 def convert_weight(module: nn.Module, name: str, record: Union[PalettizedTensor, QuantizedTensor],
@@ -192,7 +190,8 @@ def convert_weight(module: nn.Module, name: str, record: Union[PalettizedTensor,
     del store[name]
     for buffer_name, tensor in buffers.items():
         module.register_buffer(buffer_name, tensor)
-    module.__dict__.setdefault(LAYOUTS, {})[name] = layout
+    mark_converted(module, name, Converted(buffers=tuple(buffers), parameter=store is module._parameters,
+                                           layout=layout))
     module.__class__ = coreai_class(type(module))
     return True
 

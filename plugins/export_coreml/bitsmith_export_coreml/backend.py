@@ -22,7 +22,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
-from bitsmith import compressed
+from bitsmith import compressed, export
 from bitsmith.compressed import ActivationQuant, PalettizedTensor, QuantizedTensor
 from bitsmith.errors import CompressionError, PluginError
 from bitsmith.loading import disable_activation_quant
@@ -71,6 +71,7 @@ class CoreMLBackend:
         if _STATE in model.__dict__:
             return model
         disable_activation_quant(model)
+        export.restore_dense(model)  # tensors another backend converted (seed 002: finalize(CoreAI), then quantize)
         seen: set[int] = set()
         activations: dict[nn.Module, dict[str, ActivationQuant]] = {}
         for module_name, module, name, record in compressed.iter_records(model):

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from bitsmith import compressed
+from bitsmith import compressed, export
 from bitsmith.compressed import ActivationQuant, PalettizedTensor, QuantizedTensor
 from bitsmith.errors import CompressionError
 from bitsmith.loading import disable_activation_quant
@@ -57,6 +57,7 @@ class OnnxBackend:
         if _STATE in model.__dict__:
             return model
         disable_activation_quant(model)
+        export.restore_dense(model)  # tensors another backend converted (seed 002: finalize(CoreAI), then quantize)
         records: dict[str, Union[PalettizedTensor, QuantizedTensor]] = {}
         keys: dict[int, str] = {}
         activations: dict[nn.Module, dict[str, ActivationQuant]] = {}

@@ -8,7 +8,7 @@ import torch
 import bitsmith
 from bitsmith import sizes
 from bitsmith.config import PalettizationSpec, QuantizationSpec
-from bitsmith_export_safetensors.format import header_nbytes
+from bitsmith_export_safetensors import header_nbytes
 
 
 def _need(kind, name):

@@ -7,7 +7,7 @@ import torch
 
 import bitsmith
 from bitsmith import sizes
-from bitsmith_export_safetensors.format import header_nbytes
+from bitsmith_export_safetensors import header_nbytes
 
 zoo = pytest.importorskip("bitsmith_zoo")
 pytestmark = pytest.mark.slow

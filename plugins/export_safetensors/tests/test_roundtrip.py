@@ -24,7 +24,7 @@ from bitsmith.config import (
 from bitsmith.loading import enable_activation_quant
 from bitsmith.palettization import palettize_tensor
 from bitsmith_export_safetensors import SafetensorsBackend, plugin
-from bitsmith_export_safetensors.format import header_nbytes, read_header, read_tensors
+from bitsmith_export_safetensors import FormatError, header_nbytes, read_header, read_tensors
 
 BACKEND = SafetensorsBackend()
 GRANULARITIES = {
@@ -97,7 +97,7 @@ def test_every_n_bits_and_granularity(tmp_path, net, factory, inputs, clusterer,
     loaded, path = roundtrip(tmp_path, net, factory, inputs)
     assert_same_records(net, loaded)
     assert_size_matches_accounting(net, path)
-    packed = read_tensors(path)["conv2.weight/indices"]
+    packed = read_tensors(path)["conv2.weight.indices"]
     n = net.conv2.weight.numel()
     assert packed.dtype == torch.uint8
     assert packed.numel() == (n if n_bits == 8 else math.ceil(n / 8) * n_bits)
@@ -123,8 +123,8 @@ def test_vectors_scales_and_quantized_luts(tmp_path, net, factory, inputs, clust
     assert_size_matches_accounting(net, path)
     if spec.lut_qspec is not None:
         stored = read_tensors(path)
-        assert "fc.weight/lut" not in stored, "a quantized LUT is stored as integers only"
-        assert stored["fc.weight/lut_int"].dtype == getattr(torch, spec.lut_qspec.dtype_name)
+        assert "fc.weight.lut" not in stored, "a quantized LUT is stored as integers only"
+        assert stored["fc.weight.lut_int"].dtype == getattr(torch, spec.lut_qspec.dtype_name)
 
 
 @pytest.mark.parametrize("spec", [
@@ -141,7 +141,7 @@ def test_quantized_weights(tmp_path, net, factory, inputs, quantize, spec):
     loaded, path = roundtrip(tmp_path, net, factory, inputs)
     assert_same_records(net, loaded)
     payload, accounted = assert_size_matches_accounting(net, path)
-    data = read_tensors(path)["fc.weight/int_data"]
+    data = read_tensors(path)["fc.weight.int_data"]
     if spec.n_bits == 4:  # two values per byte
         assert data.dtype == torch.uint8 and data.numel() == net.fc.weight.numel() // 2
 
@@ -189,11 +189,21 @@ def test_header_carries_specs_and_schema_version(tmp_path, net, clusterer):
     spec = PalettizationSpec(n_bits=3, granularity=PerGroupedChannelGranularity(group_size=4))
     palettize(net, spec, clusterer)
     path = BACKEND.save(net, tmp_path / "m.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as fh:
+        meta = fh.metadata()
+        names = set(fh.keys())
+    assert meta["format"] == "bitsmith-packed" and meta["schema_version"] == "2"
     header = read_header(path)
-    assert header["format"] == "bitsmith-packed" and header["schema_version"] == 1
+    assert json.loads(meta["bitsmith"]) == header
     assert header["specs"] == [{"type": "palettization", "spec": bitsmith.config.to_dict(spec)}]
     assert [r["module"] for r in header["records"]] == ["conv1", "conv2", "fc"]
-    assert header_nbytes(path) < 1500, "the header stays small: compressed, well under 200 bytes per tensor"
+    assert header["records"][1]["parts"] == {"indices": "conv2.weight.indices", "lut": "conv2.weight.lut"}
+    assert {"conv2.weight.indices", "conv2.weight.lut", "conv2.bias", "bn1.running_mean"} <= names
+    assert "conv2.weight" not in names, "a compressed tensor is stored only as its parts"
+    assert set(header["sha256"]) == names
+    assert header_nbytes(path) < 300 * len(names), "the header stays small: a few hundred bytes per stored tensor"
 
 
 def test_finalize_keeps_a_runnable_model(net, clusterer):
@@ -213,11 +223,11 @@ def test_newer_schema_and_foreign_files_are_refused(tmp_path, net, clusterer):
     from safetensors.torch import save_file
 
     save_file({"w": torch.zeros(2)}, str(tmp_path / "plain.safetensors"))
-    with pytest.raises(ValueError, match="not a bitsmith packed file"):
+    with pytest.raises(FormatError, match="plain.safetensors: not a bitsmith packed file"):
         read_header(tmp_path / "plain.safetensors")
-    header = {"format": "bitsmith-packed", "schema_version": 99}
-    save_file({"w": torch.zeros(2)}, str(tmp_path / "new.safetensors"), metadata={"bitsmith": json.dumps(header)})
-    with pytest.raises(ValueError, match="schema_version 99 is newer"):
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "new.safetensors"),
+              metadata={"format": "bitsmith-packed", "schema_version": "99", "bitsmith": "{}"})
+    with pytest.raises(FormatError, match="schema_version 99 is newer"):
         read_header(tmp_path / "new.safetensors")
 
 

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bitsmith import compressed
+from bitsmith import compressed, export
 from bitsmith.compressed import ActivationQuant, PalettizedTensor, QuantizedTensor
 from bitsmith.errors import CompressionError
 
@@ -33,6 +33,7 @@ class TorchBackend:
         from bitsmith.loading import disable_activation_quant
 
         disable_activation_quant(model)
+        export.restore_dense(model)  # tensors another backend converted (seed 002: finalize(CoreAI), then quantize)
         items = list(compressed.iter_records(model))
         for module_name, module, name, record in items:  # check everything before changing anything
             if isinstance(record, (PalettizedTensor, QuantizedTensor)) and _stored(module, name) is None:
