@@ -10,8 +10,16 @@ Within the governing config, a tensor's spec is, highest priority first:
 ``op_name_config`` (name relative to the scope, or the full name), the op's entry in
 ``op_type_config``, then ``op_state_spec``.
 
-Only layers of :data:`PALETTIZABLE_TYPES` are compressed through ``global_config``;
-any other module is compressed only when a name or type config names it explicitly.
+Only layers of :data:`PALETTIZABLE_TYPES` (and the classes named in
+:data:`PALETTIZABLE_TYPE_NAMES`, such as transformers' ``Conv1D``) are compressed
+through ``global_config``; any other module is compressed only when a name or type
+config names it explicitly.
+
+Granularity axes of palettization specs are *semantic*: axis 0 is a layer's output
+channels, axis 1 its input channels. For layers whose weight stores the output
+channels on dim 1 (:func:`output_channel_dim`: transformers ``Conv1D``, transposed
+convolutions) the resolved spec's axis is rewritten to the weight's own dim, so
+records, backends and sizes only ever see tensor dims.
 """
 
 from __future__ import annotations
@@ -20,16 +28,52 @@ import re
 import warnings
 from typing import Any, Iterator, Optional
 
+import attrs
 from attrs import define
 from torch import nn
 
 from .config.module_types import canonical_name, type_names
+from .config.palettization import ON_INCOMPATIBLE
+from .config.specs import PalettizationSpec, PerGroupedChannelGranularity
 
 PALETTIZABLE_TYPES: tuple[type[nn.Module], ...] = (
     nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
     nn.Embedding, nn.MultiheadAttention,
 )
 """Layer types compressed by a ``global_config`` (subclasses included)."""
+
+PALETTIZABLE_TYPE_NAMES: frozenset[str] = frozenset({"transformers.pytorch_utils.Conv1D"})
+"""Layer classes (by dotted name, subclasses included) compressed by a ``global_config``
+without importing their library: transformers' ``Conv1D`` (GPT-2's linear layers)."""
+
+TRANSPOSED_WEIGHT_TYPE_NAMES: frozenset[str] = frozenset({
+    "transformers.pytorch_utils.Conv1D", *(canonical_name(t) for t in (
+        nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d))})
+"""Layer classes (by dotted name) whose ``weight`` holds the output channels on dim 1:
+``Conv1D`` stores ``(in, out)``, transposed convolutions ``(in, out / groups, *kernel)``."""
+
+def is_palettizable(module: nn.Module) -> bool:
+    """True for the layer types a ``global_config`` compresses (see :data:`PALETTIZABLE_TYPES`)."""
+    return isinstance(module, PALETTIZABLE_TYPES) or not PALETTIZABLE_TYPE_NAMES.isdisjoint(type_names(type(module)))
+
+
+def output_channel_dim(module: nn.Module) -> int:
+    """The dim of ``module.weight`` that holds the output channels: 1 for ``Conv1D`` and transposed convs, else 0."""
+    return 1 if not TRANSPOSED_WEIGHT_TYPE_NAMES.isdisjoint(type_names(type(module))) else 0
+
+
+def tensor_spec(module: nn.Module, tensor_name: str, spec: Any) -> Any:
+    """``spec`` with a semantic granularity axis (0: output, 1: input channels) rewritten to ``tensor_name``'s dim.
+
+    Only palettization specs of a ``weight`` whose layer stores output channels on
+    dim 1 change; everything else is returned as is.
+    """
+    if tensor_name != "weight" or not isinstance(spec, PalettizationSpec) or output_channel_dim(module) == 0:
+        return spec
+    gran = spec.granularity
+    if isinstance(gran, PerGroupedChannelGranularity) and gran.axis in (0, 1):
+        return attrs.evolve(spec, granularity=attrs.evolve(gran, axis=1 - gran.axis))
+    return spec
 
 
 class UnmatchedConfigWarning(UserWarning):
@@ -41,7 +85,8 @@ class ResolvedTensor:
     """One state tensor of one module and the spec that applies (``None``: left as is).
 
     ``rule`` says which config entry decided, e.g. ``module_name_configs['fc']`` ->
-    ``op_state_spec['weight']``.
+    ``op_state_spec['weight']``. ``on_incompatible`` is the governing config's policy
+    for a spec that does not fit the tensor (one of :data:`ON_INCOMPATIBLE`).
     """
 
     module_name: str
@@ -49,6 +94,7 @@ class ResolvedTensor:
     tensor_name: str
     spec: Any
     rule: str
+    on_incompatible: str = "error"
 
     @property
     def qualified_name(self) -> str:
@@ -142,9 +188,19 @@ def resolve_state_specs(model: nn.Module, config: Any, *, warn_unmatched: bool =
         if not params:
             continue
         scope = governing_scope(config, modules, name)
+        policy = _policy(scope)
         for pname, _ in params:
             spec, rule = _tensor_spec(scope, name, module, pname, spec_field)
-            yield ResolvedTensor(name, module, pname, spec, rule)
+            yield ResolvedTensor(name, module, pname, tensor_spec(module, pname, spec), rule, policy)
+
+
+def _policy(scope: Optional[Scope]) -> str:
+    """``on_incompatible`` of the scope config; unset means ``error`` for a layer named in
+    ``module_name_configs`` and ``fallback`` for broad rules (``global_config``, module types, presets)."""
+    value = getattr(scope.config, "on_incompatible", None) if scope is not None else None
+    if value is not None:
+        return value
+    return "error" if scope is not None and scope.rule.startswith("module_name_configs") else "fallback"
 
 
 def _tensor_spec(scope: Optional[Scope], name: str, module: nn.Module, pname: str, spec_field: str) -> tuple[Any, str]:
@@ -160,7 +216,7 @@ def _tensor_spec(scope: Optional[Scope], name: str, module: nn.Module, pname: st
             return None, f"{scope.rule}.{oprule} is None"
         table = getattr(opcfg, spec_field) or {}
         return table.get(pname), f"{scope.rule}.{oprule}.{spec_field}[{pname!r}]"
-    if not explicit and not isinstance(module, PALETTIZABLE_TYPES):
+    if not explicit and not is_palettizable(module):
         return None, f"{type(module).__name__} is not a palettizable layer type"
     table = getattr(cfg, spec_field) or {}
     return table.get(pname), f"{scope.rule}.{spec_field}[{pname!r}]"
@@ -217,7 +273,7 @@ def resolve_activation_spec(model_config: Any, modules: dict[str, nn.Module], na
         return (spec, f"{scope.rule}.{oprule}.{field_name}[{key!r}]") if hit else (
             None, f"{scope.rule}.{oprule}.{field_name} has no entry for {index}")
     explicit = scope.rule != "global_config" and scope.scope_name == name
-    if not explicit and not isinstance(module, PALETTIZABLE_TYPES):
+    if not explicit and not is_palettizable(module):
         return None, f"{type(module).__name__} is not a palettizable layer type"
     hit, spec, key = _io_lookup(getattr(cfg, field_name), index)
     return (spec, f"{scope.rule}.{field_name}[{key!r}]") if hit else (
@@ -239,9 +295,10 @@ def warn_unmatched_keys(model: nn.Module, config: Any) -> list[str]:
 
 def palettizable_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """``(name, module)`` of the layers a default config compresses, in ``named_modules()`` order."""
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, PALETTIZABLE_TYPES)]
+    return [(n, m) for n, m in model.named_modules() if is_palettizable(m)]
 
 
-__all__ = ["ACTIVATION_DIRECTIONS", "PALETTIZABLE_TYPES", "ResolvedTensor", "Scope", "UnmatchedConfigWarning",
-           "canonical_name", "governing_scope", "op_config", "palettizable_modules", "resolve_activation_spec",
-           "resolve_state_specs", "warn_unmatched_keys"]
+__all__ = ["ACTIVATION_DIRECTIONS", "ON_INCOMPATIBLE", "PALETTIZABLE_TYPES", "PALETTIZABLE_TYPE_NAMES",
+           "ResolvedTensor", "Scope", "TRANSPOSED_WEIGHT_TYPE_NAMES", "UnmatchedConfigWarning", "canonical_name",
+           "governing_scope", "is_palettizable", "op_config", "output_channel_dim", "palettizable_modules",
+           "resolve_activation_spec", "resolve_state_specs", "tensor_spec", "warn_unmatched_keys"]

@@ -54,8 +54,17 @@ class OpKMeansPalettizerConfig:
     )
 
 
+ON_INCOMPATIBLE = ("error", "skip", "fallback")
+"""Allowed values of ``on_incompatible``."""
+
+
+def _on_incompatible(instance, attribute, value) -> None:
+    if value is not None and value not in ON_INCOMPATIBLE:
+        raise ValueError(f"on_incompatible: {value!r} is not one of {', '.join(ON_INCOMPATIBLE)}")
+
+
 class _ModulePresets:
-    """Ready-made ``ModuleKMeansPalettizerConfig`` objects: ``w2() … w8()``."""
+    """Ready-made ``ModuleKMeansPalettizerConfig`` objects: ``w2() … w8()`` (``on_incompatible="fallback"``)."""
 
     @staticmethod
     def _make(n_bits: int, grouped: bool) -> "ModuleKMeansPalettizerConfig":
@@ -63,7 +72,7 @@ class _ModulePresets:
         return ModuleKMeansPalettizerConfig(op_state_spec={
             "weight": PalettizationSpec(n_bits=n_bits, granularity=gran),
             "in_proj_weight": PalettizationSpec(n_bits=n_bits, granularity=gran),
-        })
+        }, on_incompatible="fallback")
 
     def w2(self) -> "ModuleKMeansPalettizerConfig":
         """2-bit, one LUT per group of 16 output channels."""
@@ -94,6 +103,15 @@ class ModuleKMeansPalettizerConfig:
     ``module_state_spec`` (tensors owned by the scope module itself), the matching
     ``op_name_config`` entry, the matching ``op_type_config`` entry, then
     ``op_state_spec``. A ``None`` value anywhere means "leave uncompressed".
+
+    ``on_incompatible`` decides what happens to a tensor whose spec cannot apply to
+    its shape (a group size or ``cluster_dim`` that does not divide the channels, a
+    missing axis): ``"error"`` fails before any work, naming the layer; ``"skip"``
+    leaves it uncompressed; ``"fallback"`` uses the dividing group size nearest to
+    the requested one (per-tensor when the axis is missing; skipped when no spec of
+    the same bits fits). Unset (``None``): ``"error"`` for a layer named in
+    ``module_name_configs``, ``"fallback"`` everywhere else. Every skipped or changed
+    tensor is listed in the palettizer's report (``report().coverage``).
     """
 
     presets: ClassVar[_ModulePresets] = _ModulePresets()
@@ -110,6 +128,7 @@ class ModuleKMeansPalettizerConfig:
     module_state_spec: dict[str, Optional[PalettizationSpec]] = field(
         factory=dict, validator=_spec_map("module_state_spec")
     )
+    on_incompatible: Optional[str] = field(default=None, validator=_on_incompatible)
 
 
 class _ConfigPresets:

@@ -23,6 +23,7 @@ from torch import nn
 
 from .. import compressed, plugins
 from ..config import KMeansPalettizerConfig, load
+from ..coverage import check_coverage, fit_spec
 from ..errors import CompressionError, ConfigError
 from ..export import ExportBackend, finalize as export_finalize
 from ..progress import progress_bar
@@ -58,9 +59,15 @@ class Palettizer:
     # ------------------------------------------------------------------ planning
 
     def plan(self, model: Optional[nn.Module] = None) -> list[ResolvedTensor]:
-        """The tensors that will be compressed (one per shared tensor), checked against their specs."""
+        """The tensors that will be compressed (one per shared tensor), checked against their specs.
+
+        A spec that does not fit its tensor follows the config's ``on_incompatible``
+        (:func:`bitsmith.coverage.fit_spec`); what was skipped or changed is kept in
+        :attr:`plan_notes` (qualified name -> note) for the report's coverage.
+        """
         model = self.model if model is None else model
         seen, targets = set(), []
+        self.plan_notes: dict[str, str] = {}
         for item in resolve_state_specs(model, self.config):
             if item.spec is None:
                 continue
@@ -72,8 +79,11 @@ class Palettizer:
                 raise CompressionError(f"{item.qualified_name}: cannot palettize a {tensor.dtype} tensor")
             if not bool(torch.isfinite(tensor).all()):
                 raise CompressionError(f"{item.qualified_name}: has NaN or infinite values; cannot palettize it")
-            check_palettizable(tuple(tensor.shape), item.spec, item.qualified_name)
-            targets.append(item)
+            spec, note = fit_spec(tuple(tensor.shape), item.spec, item.on_incompatible, item.qualified_name)
+            if note:
+                self.plan_notes[item.qualified_name] = note
+            if spec is not None:
+                targets.append(item if spec is item.spec else attrs.evolve(item, spec=spec))
         return targets
 
     def sample_weight(self, item: ResolvedTensor) -> Optional[torch.Tensor]:
@@ -134,6 +144,7 @@ class Palettizer:
             rows.append(layer_report(target.qualified_name, original, record))
             before_bits += dense_size(original.shape, original.dtype).total_bits
         self._report = _make_report(rows, before_bits, model)
+        self._report.coverage = check_coverage(model, self.config, self.plan_notes)
         self.prepared_model = model
         return model
 
@@ -207,6 +218,6 @@ def _owners(model: nn.Module, tensor: torch.Tensor) -> Iterable[tuple[str, nn.Mo
 def _make_report(rows: list, before_bits: int, model: nn.Module) -> PalettizationReport:
     after = model_size(model)
     before = TensorSize(after.compressed.numel, before_bits)
-    return PalettizationReport(layers=rows, before=before, after=after.compressed,
+    return PalettizationReport(layers=rows, before=before, after=after.compressed, model_total=after.total,
                                model_mib_before=(after.uncompressed.total_bits + before_bits) / 8 / 2**20,
                                model_mib_after=after.mib)

@@ -8,6 +8,7 @@ from typing import Any, Optional
 import torch
 from attrs import asdict, define, field
 
+from ..coverage import Coverage
 from ..sizes import TensorSize, dense_size, record_size
 from ..table import format_table
 
@@ -28,13 +29,21 @@ class LayerReport:
 
 @define
 class PalettizationReport:
-    """Rows for every compressed tensor plus model totals; ``str()`` prints a table."""
+    """Rows for every compressed tensor plus model totals; ``str()`` prints a table.
+
+    ``after`` sums the compressed tensors; ``model_total`` every tensor of the model
+    after compression (parameters and buffers, shared ones once), so
+    :attr:`bpw_model` is the model's bits per weight, compressed or not.
+    ``coverage`` lists what stayed uncompressed or had its spec changed, and why.
+    """
 
     layers: list[LayerReport] = field(factory=list)
     before: TensorSize = field(factory=lambda: TensorSize(0, 0))
     after: TensorSize = field(factory=lambda: TensorSize(0, 0))
     model_mib_before: float = 0.0
     model_mib_after: float = 0.0
+    model_total: TensorSize = field(factory=lambda: TensorSize(0, 0))
+    coverage: Optional[Coverage] = None
 
     @property
     def bpw_index(self) -> float:
@@ -46,11 +55,17 @@ class PalettizationReport:
         """All-in bits per compressed weight (indices + LUTs + scales)."""
         return self.after.bpw
 
+    @property
+    def bpw_model(self) -> float:
+        """All-in bits per weight over the whole model (uncompressed tensors at their own dtype)."""
+        return self.model_total.bpw
+
     def totals(self) -> dict[str, float]:
         """Model-level figures."""
         return {"compressed_weights": self.after.numel, "bpw_index": self.bpw_index, "bpw_all_in": self.bpw,
                 "compressed_mib_before": self.before.kib / 1024, "compressed_mib_after": self.after.kib / 1024,
-                "model_mib_before": self.model_mib_before, "model_mib_after": self.model_mib_after}
+                "model_mib_before": self.model_mib_before, "model_mib_after": self.model_mib_after,
+                "model_weights": self.model_total.numel, "bpw_model": self.bpw_model}
 
     def to_dicts(self) -> list[dict[str, Any]]:
         """One plain dict per layer."""
@@ -62,9 +77,12 @@ class PalettizationReport:
         table = format_table(["layer", "shape", "spec", "unique", "KiB before", "KiB after", "BPW", "SQNR dB"], rows,
                              align="lllrrrrr")
         t = self.totals()
-        return (f"{table}\n\n{len(self.layers)} tensors, {t['compressed_weights']} weights: "
+        share = t["compressed_weights"] / t["model_weights"] if t["model_weights"] else 0.0
+        text = (f"{table}\n\n{len(self.layers)} tensors, {t['compressed_weights']} weights: "
                 f"BPW {t['bpw_index']:.3f} index-only, {t['bpw_all_in']:.3f} all-in; "
+                f"whole model ({t['model_weights']} weights, {share:.1%} compressed): BPW {t['bpw_model']:.3f}; "
                 f"model {t['model_mib_before']:.2f} MiB -> {t['model_mib_after']:.2f} MiB")
+        return text if self.coverage is None else f"{text}\n{self.coverage.summary()}"
 
 
 def sqnr_db(reference: torch.Tensor, approx: torch.Tensor) -> float:

@@ -177,9 +177,11 @@ def test_group_size_that_does_not_divide_fails_before_any_work(registry):
     model = nn.Sequential(seeded(nn.Linear(8, 16)), seeded(nn.Linear(16, 12), 1))
     before = [p.detach().clone() for p in model.parameters()]
     spec = PalettizationSpec(granularity=PerGroupedChannelGranularity(axis=0, group_size=8))
+    cfg = config(spec)
+    cfg.global_config.on_incompatible = "error"  # the default for a global config is "fallback"
     with pytest.raises(CompressionError, match=r"^1\.weight: 12 channels along axis 0 are not divisible by "
                                                r"group_size 8; group sizes that divide it: 1, 2, 3, 4, 6, 12"):
-        prepare(model, config(spec), registry, inplace=True)
+        prepare(model, cfg, registry, inplace=True)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     assert not compressed.is_compressed(model)
 
@@ -196,8 +198,10 @@ def test_vector_palettization(registry):
 
 def test_cluster_dim_that_does_not_divide_the_axis_names_the_layer(registry):
     model = nn.Sequential(seeded(nn.Linear(8, 15)))
+    cfg = config(PalettizationSpec(cluster_dim=2))
+    cfg.global_config.on_incompatible = "error"  # "fallback" (the default here) would skip the layer
     with pytest.raises(CompressionError, match=r"^0\.weight: cluster_dim 2 does not divide the 15 channels"):
-        prepare(model, config(PalettizationSpec(cluster_dim=2)), registry)
+        prepare(model, cfg, registry)
 
 
 LUT_QSPECS = [("int8", "symmetric"), ("int8", "asymmetric"), ("uint8", "symmetric"), ("uint8", "asymmetric"),
