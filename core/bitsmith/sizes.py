@@ -184,7 +184,7 @@ class ModelSize:
     """Sizes of a model: its compressed tensors, its other tensors, and the totals.
 
     ``compressed`` sums the tensors that carry a record (once per shared tensor);
-    ``uncompressed`` everything else (biases, norms, uncompressed layers).
+    ``uncompressed`` everything else (biases, norms, uncompressed layers, activation qparams).
     ``bpw``/``bpw_index`` are over the compressed tensors only: the figure users
     compare with ``n_bits``.
     """
@@ -218,14 +218,19 @@ def model_size(model: nn.Module, *, dtype: Optional[torch.dtype] = None) -> Mode
 
     ``dtype`` prices uncompressed tensors at another dtype (e.g. ``torch.float16``
     for an fp16 deployment baseline); by default each tensor's own dtype is used.
-    A record shared by several modules (tied weights) counts once. Tensors that a
+    A record shared by several modules (tied weights) counts once. Activation
+    quantization parameters (scale, zero point) count in ``uncompressed`` at their own
+    dtype. Tensors that a
     record stores (its LUT, indices, scales, ...) are part of the record's size, so an
     export backend that keeps them as module buffers does not count them twice.
     """
-    compressed, seen, counted = ZERO, set(), set()
+    compressed, activations, seen, counted = ZERO, ZERO, set(), set()
     for _, module, name, record in iter_records(model):
-        seen.update(id(t) for t in record_tensors(record))
+        tensors = [t for t in record_tensors(record) if id(t) not in seen]
+        seen.update(id(t) for t in tensors)
         if isinstance(record, ActivationQuant):
+            for t in tensors:  # its scale and zero point: stored next to the weights, priced like other tensors
+                activations = activations + dense_size(t.shape, t.dtype)
             continue
         tensor = module._parameters.get(name, module._buffers.get(name))  # a stored tensor, never a computed one
         keys = {id(record)} if tensor is None else {id(record), id(tensor)}
@@ -235,7 +240,7 @@ def model_size(model: nn.Module, *, dtype: Optional[torch.dtype] = None) -> Mode
         if tensor is not None:
             seen.add(id(tensor))
         compressed = compressed + record_size(record)
-    uncompressed = ZERO
+    uncompressed = activations
     for tensor in _unique_tensors(model):
         if id(tensor) not in seen:
             uncompressed = uncompressed + dense_size(tensor.shape, dtype or tensor.dtype)
