@@ -30,24 +30,35 @@ and then :func:`validate` checks every name against the plugin registry, each st
 of a :class:`~bitsmith.errors.ConfigError` that starts with its dotted path, e.g.
 ``steps.1.backend: 'onxx' is not a registered export backend; available: coreml, onnx,
 safetensors (did you mean 'onnx'?)``.
+
+A pipeline file is code, like a Makefile: ``model:`` and ``data:`` call the functions
+they name. Nothing is added to ``sys.path`` unless the file's ``python_path:`` (folders
+relative to the file) or the CLI's ``--path`` asks for it, and those folders go *after*
+the installed packages, so a folder next to the file never shadows an installed library.
+
+Step kinds are dispatched through :data:`STEP_TYPES` (``type:`` tag -> :class:`StepKind`:
+the step class, its validator and its stage), so a new kind is one entry, not a branch
+in every function.
 """
 
 from __future__ import annotations
 
 import difflib
+import math
 import os
-import sys
+import posixpath
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import attrs
 import yaml
 from attrs import define, field
 
-from .. import plugins
+from .. import plugins, safe_yaml
 from ..config import converter, from_dict
 from ..config.converter import _FieldError
 from ..errors import ConfigError, PluginError
+from .imports import extra_sys_path
 
 PIPELINE_KEY = "pipeline"
 """Optional top-level key of a pipeline YAML document."""
@@ -86,13 +97,18 @@ def _optional_positive_int(instance, attribute, value) -> None:
 def _optional_positive_number(instance, attribute, value) -> None:
     if value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ValueError(f"{attribute.name}: expected a positive number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{attribute.name}: expected a finite positive number, got {safe_yaml.short(value)}")
 
 
 def _optional_str(instance, attribute, value) -> None:
     if value is not None and (not isinstance(value, str) or not value):
         raise TypeError(f"{attribute.name}: expected a string or null, got {value!r}")
+
+
+def _folders(instance, attribute, value) -> None:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise TypeError(f"{attribute.name}: expected a list of folders (strings), got {safe_yaml.short(value)}")
 
 
 def _kwargs(instance, attribute, value) -> None:
@@ -115,6 +131,10 @@ class PalettizeStep:
     num_workers: int = field(default=1, validator=_positive_int)
     seed: Optional[int] = field(default=None)
 
+    def label(self) -> str:
+        """The algorithm's registered name (progress lines and the report)."""
+        return self.algorithm
+
 
 @define(kw_only=True)
 class QuantizeStep:
@@ -128,6 +148,10 @@ class QuantizeStep:
     quantizer: str = field(default="int8", validator=_name)
     config: Optional[dict] = field(default=None, validator=_optional_mapping)
     calibration_batches: Optional[int] = field(default=None, validator=_optional_positive_int)
+
+    def label(self) -> str:
+        """The quantizer's registered name."""
+        return self.quantizer
 
 
 @define(kw_only=True)
@@ -153,6 +177,10 @@ class MixedPrecisionStep:
         if (self.target_bpw is None) == (self.target_size is None):
             raise ValueError("target_bpw: give exactly one of target_bpw (bits per weight) or target_size (MiB)")
 
+    def label(self) -> str:
+        """``metric/search/palettizer``."""
+        return f"{self.metric}/{self.search}/{self.palettizer}"
+
 
 @define(kw_only=True)
 class ExportStep:
@@ -167,37 +195,72 @@ class ExportStep:
     path: Optional[str] = field(default=None, validator=_optional_str)
     options: dict[str, Any] = field(factory=dict, validator=_kwargs)
 
+    def label(self) -> str:
+        """The backend's registered name."""
+        return self.backend
 
-STEP_TYPES: dict[str, type] = {
-    "palettize": PalettizeStep,
-    "quantize": QuantizeStep,
-    "mixed_precision": MixedPrecisionStep,
-    "export": ExportStep,
-}
-"""``type:`` tag of every step class."""
+
+Check = Callable[[Any, str, dict, plugins.Registry], list]
+
+
+@define(frozen=True)
+class StepKind:
+    """One ``type:`` of step: its class, its validator and its stage.
+
+    ``check(step, where, names, registry)`` returns error lines (each starting with
+    ``where``, the step's dotted path); ``names`` maps hook kinds to registered names.
+    ``stage`` orders compression: ``"weights"`` (at most one such step), then
+    ``"activations"`` (at most one); ``"output"`` steps may come anywhere. ``needs_data``
+    is the reason a step needs calibration data, or ``None``. The runner keeps the
+    matching functions in :data:`bitsmith.pipeline.runner.RUNNERS`.
+    """
+
+    cls: type
+    check: Check
+    stage: str
+    needs_data: Optional[str] = None
+
+
+STEP_TYPES: dict[str, StepKind] = {}
+"""``type:`` tag -> :class:`StepKind` of every step (filled below, in YAML order)."""
+
+STAGES = ("weights", "activations", "output")
+"""Allowed :attr:`StepKind.stage` values, in pipeline order."""
+
+
+def register_step(tag: str, kind: StepKind) -> None:
+    """Add a step type under ``tag`` (a new ``type:`` value); the runner needs one entry too."""
+    if tag in STEP_TYPES:
+        raise ValueError(f"step type {tag!r} is already registered ({STEP_TYPES[tag].cls.__name__})")
+    if kind.stage not in STAGES:
+        raise ValueError(f"step type {tag!r}: stage {kind.stage!r} is not one of {', '.join(STAGES)}")
+    STEP_TYPES[tag] = kind
+    converter.register_unstructure_hook(kind.cls, _unstructure_step)
+
 
 Step = Union[PalettizeStep, QuantizeStep, MixedPrecisionStep, ExportStep]
 
 
 def step_type(step: Any) -> str:
     """The ``type:`` tag of a step object."""
-    for tag, cls in STEP_TYPES.items():
-        if type(step) is cls:
+    for tag, kind in STEP_TYPES.items():
+        if type(step) is kind.cls:
             return tag
     raise TypeError(f"not a pipeline step: {step!r}")
 
 
 def _structure_step(value: Any, _type: Any) -> Any:
-    if isinstance(value, tuple(STEP_TYPES.values())):
+    if isinstance(value, tuple(kind.cls for kind in STEP_TYPES.values())):
         return value
     if not isinstance(value, dict) or "type" not in value:
-        raise _FieldError(f"type: expected a mapping with a 'type' key, one of {', '.join(STEP_TYPES)}; got {value!r}")
+        raise _FieldError(f"type: expected a mapping with a 'type' key, one of {', '.join(STEP_TYPES)}; "
+                          f"got {safe_yaml.short(value)}")
     tag = value["type"]
     if tag not in STEP_TYPES:
         close = difflib.get_close_matches(str(tag), STEP_TYPES, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise _FieldError(f"type: {tag!r} is not one of {', '.join(STEP_TYPES)}{hint}")
-    cls = STEP_TYPES[tag]
+        raise _FieldError(f"type: {safe_yaml.short(repr(tag))} is not one of {', '.join(STEP_TYPES)}{hint}")
+    cls = STEP_TYPES[tag].cls
     missing = [f.name for f in attrs.fields(cls) if f.default is attrs.NOTHING and f.name not in value]
     if missing:
         raise _FieldError(f"{missing[0]}: required key is missing")
@@ -210,8 +273,6 @@ def _unstructure_step(step: Any) -> dict:
 
 
 converter.register_structure_hook(Step, _structure_step)
-for _cls in STEP_TYPES.values():
-    converter.register_unstructure_hook(_cls, _unstructure_step)
 
 
 def _steps(instance, attribute, value) -> None:
@@ -226,9 +287,10 @@ class PipelineConfig:
     ``model``/``data`` are ``'package.module:function'`` references called with
     ``model_kwargs``/``data_kwargs`` (``model`` may be omitted when
     :func:`bitsmith.compress` is given the model; ``data`` when no step needs data).
-    They resolve on ``sys.path`` plus, for a pipeline loaded from a file, that file's
-    folder. The first data batch is the example input of tracing exporters and of
-    the report's output SQNR.
+    They resolve on ``sys.path`` only, plus the folders of ``python_path`` (relative
+    to the pipeline file's folder; appended after the installed packages while the
+    pipeline is validated and run). The first data batch is the example input of
+    tracing exporters and of the report's output SQNR.
     """
 
     steps: list[Step] = field(validator=_steps)
@@ -238,6 +300,7 @@ class PipelineConfig:
     data_kwargs: dict[str, Any] = field(factory=dict, validator=_kwargs)
     output_dir: Optional[str] = field(default=None, validator=_optional_str)
     name: Optional[str] = field(default=None, validator=_optional_str)
+    python_path: list[str] = field(factory=list, validator=_folders)
     schema_version: int = field(default=SCHEMA_VERSION)
 
     def __attrs_post_init__(self) -> None:
@@ -249,26 +312,23 @@ class PipelineConfig:
 # --------------------------------------------------------------------------- loading
 
 
-def _document(source: Union[str, os.PathLike, dict]) -> tuple[Any, str]:
+def _is_path(source: Any) -> bool:
+    return isinstance(source, Path) or (isinstance(source, str) and "\n" not in source
+                                        and source.endswith((".yaml", ".yml", ".json")))
+
+
+def _document(source: Union[str, os.PathLike, dict]) -> tuple[Any, str, Optional[Path]]:
+    """(parsed document, label for messages, folder that relative ``python_path`` entries start from)."""
     if isinstance(source, dict):
-        return source, "pipeline"
-    if isinstance(source, Path) or (isinstance(source, str) and "\n" not in source
-                                    and source.endswith((".yaml", ".yml", ".json"))):
+        return source, "pipeline", None
+    if _is_path(source):
         path = Path(source)
         if not path.is_file():
             raise ConfigError(f"{path}: no such pipeline file")
-        text, label = path.read_text(), str(path)
-        folder = str(path.resolve().parent)
-        if folder not in sys.path:  # model/data references may name modules next to the pipeline file
-            sys.path.insert(0, folder)
-    elif isinstance(source, str):
-        text, label = source, "pipeline"
-    else:
-        raise ConfigError(f"cannot load a pipeline from {type(source).__name__}")
-    try:
-        return yaml.safe_load(text), label
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{label}: invalid YAML: {exc}") from None
+        return safe_yaml.load_file(path), str(path), path.resolve().parent
+    if isinstance(source, str):
+        return safe_yaml.load(source, source="pipeline"), "pipeline", None
+    raise ConfigError(f"cannot load a pipeline from {type(source).__name__}")
 
 
 def load_pipeline(source: Union[str, os.PathLike, dict, PipelineConfig], *, registry: Optional[plugins.Registry] = None,
@@ -281,12 +341,14 @@ def load_pipeline(source: Union[str, os.PathLike, dict, PipelineConfig], *, regi
     if isinstance(source, PipelineConfig):
         config = source
     else:
-        data, label = _document(source)
+        data, label, folder = _document(source)
         if isinstance(data, dict) and set(data) == {PIPELINE_KEY}:
             data = data[PIPELINE_KEY]  # paths in errors start below the key: steps.1.backend
         if not isinstance(data, dict):
             raise ConfigError(f"{label}: expected a mapping (optionally under {PIPELINE_KEY!r}) with a 'steps' list")
         config = from_dict(data, PipelineConfig)
+        if folder is not None:  # python_path entries are relative to the pipeline file
+            config.python_path = [str((folder / entry).resolve()) for entry in config.python_path]
     if check:
         validate(config, registry=registry)
     return config
@@ -313,59 +375,128 @@ def palettizer_class(name: str, registry: plugins.Registry) -> type:
                                                                                "__module__": __name__})
 
 
+REPORT_FILES = ("report.json", "report.txt")
+"""Files every run writes into the output folder; no export may use these names."""
+
+
+def recipe_file(index: int) -> str:
+    """Name of the recipe a ``mixed_precision`` step at ``index`` writes into the output folder."""
+    return f"recipe_step{index}.yaml"
+
+
+def config_class(impl: Any, default: type) -> type:
+    """The config class a palettizer or quantizer takes: its ``config_class`` attribute, else ``default``.
+
+    The validator and the runner both read it through this function, so an
+    implementation without the attribute (docs/plugins.md makes it optional) runs
+    exactly as it validates.
+    """
+    cls = getattr(impl, "config_class", None)
+    return default if cls is None else cls
+
+
+def export_path(step: ExportStep, impl: Any) -> str:
+    """The export's path relative to the output folder: ``path``, else ``model`` + the backend's suffix."""
+    return step.path or f"model{getattr(impl, 'suffix', '') or ''}"
+
+
+def _relative_inside(path: str) -> Optional[str]:
+    """``path`` normalized (``a/./b`` -> ``a/b``) if it stays inside the output folder, else ``None``."""
+    if os.path.isabs(path) or Path(path).is_absolute() or path.startswith(("/", "\\")):
+        return None
+    norm = posixpath.normpath(path.replace("\\", "/"))
+    if norm in (".", "") or norm == ".." or norm.startswith("../"):
+        return None
+    return norm
+
+
+def output_files(config: PipelineConfig, registry: plugins.Registry) -> tuple[dict[str, str], list[str]]:
+    """(relative file -> the ``steps.<i>`` or ``report`` writing it, error lines) for every file a run writes.
+
+    Export paths must be relative, stay inside the output folder and differ from each
+    other, from the recipes and from ``report.json``/``report.txt``.
+    """
+    owners: dict[str, str] = {name: "the run's report" for name in REPORT_FILES}
+    errors: list[str] = []
+    exports = registry.names("export_backend")
+    for i, step in enumerate(config.steps):
+        where = f"steps.{i}"
+        if isinstance(step, MixedPrecisionStep):
+            owners[recipe_file(i)] = f"{where} (its recipe)"
+        if not isinstance(step, ExportStep) or step.backend not in exports:
+            continue
+        impl = registry.get("export_backend", step.backend)
+        if not hasattr(impl, "save"):
+            continue
+        raw = export_path(step, impl)
+        rel = _relative_inside(raw)
+        if rel is None:
+            errors.append(f"{where}.path: {safe_yaml.short(raw)!r} is outside the output folder; give a relative "
+                          "path inside it (no absolute path, no '..')")
+            continue
+        clash = owners.get(rel) or next((o for f, o in owners.items() if f.lower() == rel.lower()), None)
+        if clash is not None:
+            errors.append(f"{where}.path: {rel!r} is also written by {clash}; give each export its own path")
+            continue
+        owners[rel] = where
+    for rel, owner in list(owners.items()):  # a file whose folder is another output file
+        for parent in Path(rel).parents:
+            if str(parent) in owners and parent != Path("."):
+                errors.append(f"{owner}.path: {rel!r} would be written inside {str(parent)!r}, which "
+                              f"{owners[str(parent)]} writes")
+    return owners, errors
+
+
 def validate(config: PipelineConfig, *, registry: Optional[plugins.Registry] = None) -> PipelineConfig:
-    """Check names, step configs, step order and references; raise one :class:`ConfigError` listing every problem."""
+    """Check names, step configs, step order, output paths and references; one :class:`ConfigError` lists every problem."""
     registry = registry or plugins.default_registry()
     errors: list[str] = []
     names = {kind: registry.names(kind) for kind in ("palettizer", "cluster", "quantizer", "sensitivity_metric",
                                                      "recipe_search", "export_backend")}
-    compressed_by = None
-    quantized = False
+    first_of: dict[str, str] = {}  # stage -> "steps.<i> (<type>)" of its step
     needs_data = []
     for i, step in enumerate(config.steps):
-        where = f"steps.{i}"
-        if isinstance(step, PalettizeStep):
-            errors += _check_palettize(step, where, names, registry)
-        elif isinstance(step, QuantizeStep):
-            errors += _check_quantize(step, where, names, registry)
-            needs_data.append(f"{where} (quantize calibrates on it)")
-        elif isinstance(step, MixedPrecisionStep):
-            errors += _check_mixed_precision(step, where, names)
-            needs_data.append(f"{where} (mixed_precision scores on it)")
-        elif isinstance(step, ExportStep):
-            if step.backend not in names["export_backend"]:
-                errors.append(_unknown("export backend", step.backend, names["export_backend"], f"{where}.backend"))
-            else:
-                errors += _check_export(step, where, registry.get("export_backend", step.backend))
-            continue
-        kind = step_type(step)
-        if kind in ("palettize", "mixed_precision"):
-            if compressed_by is not None:
-                errors.append(f"{where}.type: {kind} after {compressed_by}: weights are palettized once per "
-                              "pipeline (put the layers in one config, or use mixed_precision alone)")
-            if quantized:
-                errors.append(f"{where}.type: {kind} after quantize: palettize first, then quantize (joint "
-                              "compression quantizes activations of the palettized model)")
-            compressed_by = compressed_by or f"steps.{i} ({kind})"
-        elif kind == "quantize":
-            if quantized:
-                errors.append(f"{where}.type: a second quantize step; one quantizer config covers the whole model")
-            quantized = True
+        where, tag = f"steps.{i}", step_type(step)
+        kind = STEP_TYPES[tag]
+        errors += kind.check(step, where, names, registry)
+        if kind.needs_data:
+            needs_data.append(f"{where} ({kind.needs_data})")
+        errors += _check_stage(kind.stage, tag, where, first_of)
+    _, path_errors = output_files(config, registry)
+    errors += path_errors
     if config.data is None and needs_data:
         errors.append(f"data: required by {', '.join(needs_data)}; give 'package.module:function' returning "
                       "a batch or a list of batches")
     from ..loading import import_callable
 
-    for field_name in ("model", "data"):
-        ref = getattr(config, field_name)
-        if ref is not None:
-            try:
-                import_callable(ref, field=field_name)
-            except ConfigError as exc:
-                errors += exc.lines
+    with extra_sys_path(config.python_path):
+        for field_name in ("model", "data"):
+            ref = getattr(config, field_name)
+            if ref is not None:
+                try:
+                    import_callable(ref, field=field_name)
+                except ConfigError as exc:
+                    errors += exc.lines
     if errors:
         raise ConfigError(errors)
     return config
+
+
+def _check_stage(stage: str, tag: str, where: str, first_of: dict[str, str]) -> list[str]:
+    """Order rules: one weights step, one activations step, weights before activations."""
+    errors = []
+    if stage == "weights":
+        if "weights" in first_of:
+            errors.append(f"{where}.type: {tag} after {first_of['weights']}: weights are palettized once per "
+                          "pipeline (put the layers in one config, or use mixed_precision alone)")
+        if "activations" in first_of:
+            errors.append(f"{where}.type: {tag} after quantize: palettize first, then quantize (joint "
+                          "compression quantizes activations of the palettized model)")
+    elif stage == "activations" and "activations" in first_of:
+        errors.append(f"{where}.type: a second quantize step; one quantizer config covers the whole model")
+    if stage != "output":
+        first_of.setdefault(stage, f"{where} ({tag})")
+    return errors
 
 
 def _check_config(cls: type, body: Optional[dict], where: str) -> list[str]:
@@ -388,7 +519,7 @@ def _check_palettize(step: PalettizeStep, where: str, names: dict, registry: plu
         return [f"{where}.algorithm: {exc}"]
     from ..config import KMeansPalettizerConfig
 
-    return _check_config(getattr(cls, "config_class", KMeansPalettizerConfig), step.config, f"{where}.config")
+    return _check_config(config_class(cls, KMeansPalettizerConfig), step.config, f"{where}.config")
 
 
 def _check_quantize(step: QuantizeStep, where: str, names: dict, registry: plugins.Registry) -> list[str]:
@@ -397,10 +528,13 @@ def _check_quantize(step: QuantizeStep, where: str, names: dict, registry: plugi
     from ..config import QuantizerConfig
 
     cls = registry.get("quantizer", step.quantizer)
-    return _check_config(getattr(cls, "config_class", QuantizerConfig), step.config, f"{where}.config")
+    return _check_config(config_class(cls, QuantizerConfig), step.config, f"{where}.config")
 
 
-def _check_export(step: ExportStep, where: str, impl: Any) -> list[str]:
+def _check_export(step: ExportStep, where: str, names: dict, registry: plugins.Registry) -> list[str]:
+    if step.backend not in names["export_backend"]:
+        return [_unknown("export backend", step.backend, names["export_backend"], f"{where}.backend")]
+    impl = registry.get("export_backend", step.backend)
     save = getattr(impl, "save", None)
     if save is None:
         bad = [f"{where}.{key}: export backend {step.backend!r} does not write files; remove {key!r}"
@@ -416,7 +550,7 @@ def _check_export(step: ExportStep, where: str, impl: Any) -> list[str]:
             f"{', '.join(allowed) or 'none'}" for key in step.options if key not in allowed]
 
 
-def _check_mixed_precision(step: MixedPrecisionStep, where: str, names: dict) -> list[str]:
+def _check_mixed_precision(step: MixedPrecisionStep, where: str, names: dict, registry: plugins.Registry) -> list[str]:
     errors = []
     for field_name, kind, label in (("metric", "sensitivity_metric", "sensitivity metric"),
                                     ("search", "recipe_search", "recipe search"),
@@ -439,11 +573,19 @@ def _check_mixed_precision(step: MixedPrecisionStep, where: str, names: dict) ->
     return errors
 
 
+register_step("palettize", StepKind(PalettizeStep, _check_palettize, "weights"))
+register_step("quantize", StepKind(QuantizeStep, _check_quantize, "activations", "quantize calibrates on it"))
+register_step("mixed_precision", StepKind(MixedPrecisionStep, _check_mixed_precision, "weights",
+                                          "mixed_precision scores on it"))
+register_step("export", StepKind(ExportStep, _check_export, "output"))
+
+
 def dump_pipeline(config: PipelineConfig) -> str:
     """YAML text of ``config`` under the ``pipeline:`` key (round-trips through :func:`load_pipeline`)."""
     return yaml.safe_dump({PIPELINE_KEY: converter.unstructure(config)}, sort_keys=False)
 
 
 __all__ = ["ExportStep", "MixedPrecisionStep", "PIPELINE_KEY", "PalettizeStep", "PipelineConfig", "QuantizeStep",
-           "SCHEMA_VERSION", "STEP_TYPES", "Step", "dump_pipeline", "load_pipeline", "palettizer_class", "step_type",
-           "validate"]
+           "REPORT_FILES", "SCHEMA_VERSION", "STAGES", "STEP_TYPES", "Step", "StepKind", "config_class",
+           "dump_pipeline", "export_path", "load_pipeline", "output_files", "palettizer_class", "recipe_file",
+           "register_step", "step_type", "validate"]

@@ -9,6 +9,7 @@ from typing import Any, Optional
 
 from attrs import asdict, define, field
 
+from .. import atomic
 from ..table import format_table
 from .config import SCHEMA_VERSION
 
@@ -79,12 +80,16 @@ class PipelineReport:
                                        align="rllrrr")]
         return "\n".join(lines)
 
-    def write(self, directory: Path) -> tuple[Path, Path]:
-        """Write ``report.json`` and ``report.txt`` into ``directory``; returns both paths."""
-        directory.mkdir(parents=True, exist_ok=True)
+    def write(self, directory: Path, *, overwrite: bool = False) -> tuple[Path, Path]:
+        """Write ``report.json`` and ``report.txt`` into ``directory`` atomically; returns both paths.
+
+        Existing reports are replaced only with ``overwrite``.
+        """
         json_path, text_path = directory / "report.json", directory / "report.txt"
-        json_path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        text_path.write_text(str(self) + "\n")
+        for path in (json_path, text_path):
+            atomic.check_can_write(path, overwrite=overwrite)
+        atomic.write_text(json_path, json.dumps(self.to_dict(), indent=2) + "\n", overwrite=overwrite)
+        atomic.write_text(text_path, str(self) + "\n", overwrite=overwrite)
         return json_path, text_path
 
 

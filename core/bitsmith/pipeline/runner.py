@@ -1,9 +1,16 @@
-"""Run a pipeline: build or take the model, load data, run each step, write artifacts and the report."""
+"""Run a pipeline: build or take the model, load data, run each step, write artifacts and the report.
+
+Each step type runs through :data:`RUNNERS` (step class -> function), the runner-side
+half of :data:`bitsmith.pipeline.config.STEP_TYPES`. Every file lands atomically
+(:mod:`bitsmith.atomic`); existing files are refused before any work unless
+``overwrite=True``. Diagnostics go to ``logging.getLogger("bitsmith.pipeline")``.
+"""
 
 from __future__ import annotations
 
 import copy
 import inspect
+import logging
 import os
 import time
 from pathlib import Path
@@ -13,25 +20,33 @@ import torch
 from attrs import define, field
 from torch import nn
 
-from .. import compressed, plugins
+from .. import atomic, compressed, plugins
 from ..config import from_dict
-from ..errors import ConfigError
+from ..errors import ConfigError, PluginError
 from ..export import finalize as export_finalize
 from ..loading import import_callable
 from ..sizes import model_size
 from .config import (
+    STEP_TYPES,
     ExportStep,
     MixedPrecisionStep,
     PalettizeStep,
     PipelineConfig,
     QuantizeStep,
+    config_class,
+    export_path,
     load_pipeline,
+    output_files,
     palettizer_class,
+    recipe_file,
     step_type,
 )
+from .imports import extra_sys_path
 from .report import ArtifactReport, PipelineReport, StepReport
 
 Echo = Callable[[str], None]
+
+logger = logging.getLogger("bitsmith.pipeline")
 
 
 @define
@@ -57,7 +72,7 @@ def _quiet(_: str) -> None:
 def compress(model: Union[nn.Module, Callable[[], nn.Module], str, None],
              config: Union[PipelineConfig, dict, str, os.PathLike], *, data: Any = None,
              output_dir: Union[str, os.PathLike, None] = None, registry: Optional[plugins.Registry] = None,
-             progress: Optional[bool] = None, echo: Optional[Echo] = None) -> PipelineResult:
+             progress: Optional[bool] = None, echo: Optional[Echo] = None, overwrite: bool = False) -> PipelineResult:
     """Compress ``model`` as the pipeline ``config`` says; returns a :class:`PipelineResult`.
 
     :param model: the uncompressed model (left unchanged), a factory callable, a
@@ -71,17 +86,60 @@ def compress(model: Union[nn.Module, Callable[[], nn.Module], str, None],
     :param registry: plugin registry (default: the process-wide one).
     :param progress: progress bars of the steps (default: when stderr is a terminal).
     :param echo: receives one progress line per step (``print`` for the CLI); silent by default.
+    :param overwrite: replace files left in ``output_dir`` by an earlier run; without
+        it an existing file is refused (:class:`~bitsmith.atomic.OverwriteError`)
+        before any model work.
     """
     registry = registry or plugins.default_registry()
     stem = Path(config).stem if isinstance(config, (str, os.PathLike)) and str(config).endswith(
         (".yaml", ".yml", ".json")) else "pipeline"
     config = load_pipeline(config, registry=registry, check=False)
-    _validate_with_inputs(config, registry, has_data=data is not None)
-    echo = echo or _quiet
+    with extra_sys_path(config.python_path):
+        _validate_with_inputs(config, registry, has_data=data is not None)
+        out_dir = Path(output_dir if output_dir is not None else config.output_dir or f"artifacts/{stem}")
+        _check_outputs(config, registry, out_dir, overwrite)
+        return _run(model, config, data, out_dir, registry, progress, echo or _quiet, overwrite)
+
+
+def _check_outputs(config: PipelineConfig, registry: plugins.Registry, out_dir: Path, overwrite: bool) -> None:
+    """Refuse, before any work, outputs that exist (without ``overwrite``) or leave ``out_dir`` through a link."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"output_dir: {out_dir} exists and is not a folder")
+    owners, _ = output_files(config, registry)
+    root = out_dir.resolve()
+    errors = []
+    for rel, owner in owners.items():
+        target = out_dir / rel
+        if not target.resolve().is_relative_to(root):
+            errors.append(f"{owner}: {target} leads outside the output folder {out_dir} (a symbolic link)")
+        elif not overwrite and (target.exists() or target.is_symlink()):
+            errors.append(f"{owner}: {target} exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    if errors:
+        raise ConfigError(errors)
+
+
+@define
+class _State:
+    """What the steps of one run share: the current model and compressor, data, output folder, options."""
+
+    model: nn.Module
+    raw: list[Any]
+    batches: list[tuple[tuple, dict]]
+    example: Any
+    out_dir: Path
+    registry: plugins.Registry
+    progress: Optional[bool]
+    overwrite: bool
+    fp32: Any
+    result: PipelineResult
+    compressor: Any = None
+
+
+def _run(model: Any, config: PipelineConfig, data: Any, out_dir: Path, registry: plugins.Registry,
+         progress: Optional[bool], echo: Echo, overwrite: bool) -> PipelineResult:
     started = time.perf_counter()
     model = _build_model(model, config)
     raw, batches = _load_data(data, config)
-    out_dir = Path(output_dir if output_dir is not None else config.output_dir or f"artifacts/{stem}")
     out_dir.mkdir(parents=True, exist_ok=True)
     example = batches[0] if batches else None
     model = copy.deepcopy(model).eval()
@@ -89,49 +147,33 @@ def compress(model: Union[nn.Module, Callable[[], nn.Module], str, None],
     reference = _output(model, example)
     report = PipelineReport(name=config.name or out_dir.name, fp32_mib=fp32.mib)
     result = PipelineResult(model=model, report=report, config=config)
-    compressor: Any = None
+    state = _State(model=model, raw=raw, batches=batches, example=example, out_dir=out_dir, registry=registry, progress=progress,
+                   overwrite=overwrite, fp32=fp32, result=result)
     total = len(config.steps)
     for index, step in enumerate(config.steps):
-        kind = step_type(step)
-        label = _step_name(step)
+        kind, label = step_type(step), step.label()
         echo(f"[{index + 1}/{total}] {kind} {label} ...")
+        logger.info("step %d/%d: %s %s", index + 1, total, kind, label)
         t0 = time.perf_counter()
-        detail = ""
-        if isinstance(step, PalettizeStep):
-            model, compressor = _palettize(step, model, raw, registry, progress)
-            if not compressed.is_compressed(model):
-                detail = "trainable (no records until export; the pipeline does not train)"
-        elif isinstance(step, QuantizeStep):
-            model, compressor = _quantize(step, model, batches, registry)
-            detail = f"{_n_activations(model, compressor)} activations"
-        elif isinstance(step, MixedPrecisionStep):
-            model, recipe_path, detail = _mixed_precision(step, index, model, raw, out_dir, registry, progress)
-            compressor = None
-            result.artifacts.append(recipe_path)
-        elif isinstance(step, ExportStep):
-            exported, artifact = _export(step, index, model, compressor, example, out_dir, registry, fp32)
-            result.exported[index] = exported
-            if artifact is not None:
-                report.artifacts.append(artifact)
-                result.artifacts.append(Path(artifact.path))
-                detail = f"{artifact.path} ({artifact.bytes} B, {artifact.ratio_vs_fp32:.2f}x smaller)"
+        detail = RUNNERS[type(step)](step, index, state)
         seconds = time.perf_counter() - t0
-        row = _step_report(index, kind, label, seconds, model, reference, example, detail)
+        row = _step_report(index, kind, label, seconds, state.model, reference, example, detail)
         report.steps.append(row)
         sqnr = "" if row.output_sqnr_db is None else f", output SQNR {row.output_sqnr_db:.1f} dB"
         echo(f"[{index + 1}/{total}] {kind} {label}: {seconds:.1f} s, {row.model_mib:.3f} MiB, "
              f"BPW {row.bpw:.2f}{sqnr}{', ' + detail if detail else ''}")
-    result.model = model
+    result.model = state.model
     report.seconds = time.perf_counter() - started
-    result.artifacts += list(report.write(out_dir))
+    result.artifacts += list(report.write(out_dir, overwrite=overwrite))
     return result
 
 
 def run_pipeline(source: Union[PipelineConfig, dict, str, os.PathLike], *, output_dir: Union[str, os.PathLike, None] = None,
                  registry: Optional[plugins.Registry] = None, progress: Optional[bool] = None,
-                 echo: Optional[Echo] = None) -> PipelineResult:
+                 echo: Optional[Echo] = None, overwrite: bool = False) -> PipelineResult:
     """Run a pipeline whose ``model`` (and ``data``) come from the config itself."""
-    return compress(None, source, output_dir=output_dir, registry=registry, progress=progress, echo=echo)
+    return compress(None, source, output_dir=output_dir, registry=registry, progress=progress, echo=echo,
+                    overwrite=overwrite)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -208,16 +250,6 @@ def _example_inputs(batch: Optional[tuple[tuple, dict]]) -> Any:
 # --------------------------------------------------------------------------- steps
 
 
-def _step_name(step: Any) -> str:
-    if isinstance(step, PalettizeStep):
-        return step.algorithm
-    if isinstance(step, QuantizeStep):
-        return step.quantizer
-    if isinstance(step, MixedPrecisionStep):
-        return f"{step.metric}/{step.search}/{step.palettizer}"
-    return step.backend
-
-
 def _accepts(fn: Callable[..., Any], **kwargs: Any) -> dict[str, Any]:
     params = inspect.signature(fn).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
@@ -233,29 +265,34 @@ def _instantiate(cls: Any, model: nn.Module, config: Any, registry: plugins.Regi
     return cls(model, config, registry=registry) if takes_registry else cls(model, config)
 
 
-def _palettize(step: PalettizeStep, model: nn.Module, raw: list[Any], registry: plugins.Registry,
-               progress: Optional[bool]) -> tuple[nn.Module, Any]:
-    cls = palettizer_class(step.algorithm, registry)
-    config = None if step.config is None else from_dict(step.config, cls.config_class)
-    palettizer = _instantiate(cls, model, config, registry)
-    kwargs = _accepts(palettizer.prepare, progress=progress, num_workers=step.num_workers, seed=step.seed)
-    prepared = palettizer.prepare(raw or None, **kwargs)
-    return prepared, palettizer
+def _palettize(step: PalettizeStep, index: int, state: _State) -> str:
+    from ..config import KMeansPalettizerConfig
+
+    cls = palettizer_class(step.algorithm, state.registry)
+    config = None if step.config is None else from_dict(step.config, config_class(cls, KMeansPalettizerConfig))
+    palettizer = _instantiate(cls, state.model, config, state.registry)
+    kwargs = _accepts(palettizer.prepare, progress=state.progress, num_workers=step.num_workers, seed=step.seed)
+    state.model = palettizer.prepare(state.raw or None, **kwargs)
+    state.compressor = palettizer
+    if not compressed.is_compressed(state.model):
+        return "trainable (no records until export; the pipeline does not train)"
+    return ""
 
 
-def _quantize(step: QuantizeStep, model: nn.Module, batches: list[tuple[tuple, dict]],
-              registry: plugins.Registry) -> tuple[nn.Module, Any]:
+def _quantize(step: QuantizeStep, index: int, state: _State) -> str:
     from ..config import QuantizerConfig
 
-    cls = registry.get("quantizer", step.quantizer)
-    config = None if step.config is None else from_dict(step.config, getattr(cls, "config_class", QuantizerConfig))
-    quantizer = _instantiate(cls, model, config, registry)
+    batches = state.batches
+    cls = state.registry.get("quantizer", step.quantizer)
+    config = None if step.config is None else from_dict(step.config, config_class(cls, QuantizerConfig))
+    quantizer = _instantiate(cls, state.model, config, state.registry)
     prepared = quantizer.prepare(_example_inputs(batches[0]))
     use = batches if step.calibration_batches is None else batches[:step.calibration_batches]
     with quantizer.calibration_mode(), torch.no_grad():
         for batch in use:
             _call(prepared, batch)
-    return prepared, quantizer
+    state.model, state.compressor = prepared, quantizer
+    return f"{_n_activations(prepared, quantizer)} activations"
 
 
 def _n_activations(model: nn.Module, quantizer: Any) -> int:
@@ -267,39 +304,65 @@ def _n_activations(model: nn.Module, quantizer: Any) -> int:
     return sum(1 for *_, r in compressed.iter_records(model) if isinstance(r, compressed.ActivationQuant))
 
 
-def _mixed_precision(step: MixedPrecisionStep, index: int, model: nn.Module, raw: list[Any], out_dir: Path,
-                     registry: plugins.Registry, progress: Optional[bool]) -> tuple[nn.Module, Path, str]:
+def _mixed_precision(step: MixedPrecisionStep, index: int, state: _State) -> str:
     from ..mixed_precision import apply_recipe, compute_sensitivity, generate_recipe
 
-    table = compute_sensitivity(model, raw, step.candidates, metric=step.metric, palettizer=step.palettizer,
+    registry, progress, raw = state.registry, state.progress, state.raw
+    table = compute_sensitivity(state.model, raw, step.candidates, metric=step.metric, palettizer=step.palettizer,
                                 layers=step.layers, cache_dir=step.cache_dir, num_workers=step.num_workers,
                                 progress=progress, engine=step.engine, registry=registry)
     recipe = generate_recipe(table, target_bpw=step.target_bpw, target_size=step.target_size, search=step.search,
                              registry=registry)
-    compressed_model = apply_recipe(model, recipe, table=table, registry=registry, progress=progress,
-                                    calibration_data=raw)
-    path = recipe.save(out_dir / f"recipe_step{index}.yaml")
+    state.model = apply_recipe(state.model, recipe, table=table, registry=registry, progress=progress,
+                               calibration_data=raw)
+    state.compressor = None
+    path = state.out_dir / recipe_file(index)
+    with atomic.temp_path(path, overwrite=state.overwrite) as tmp:
+        recipe.save(tmp)
+    state.result.artifacts.append(path)
     counts: dict[str, int] = {}
     for entry in recipe.layers:
         counts[entry.candidate] = counts.get(entry.candidate, 0) + 1
     mix = ", ".join(f"{n}x {label}" for label, n in sorted(counts.items(), key=lambda kv: -kv[1]))
-    return compressed_model, Path(path), f"{len(recipe.layers)} layers: {mix}"
+    return f"{len(recipe.layers)} layers: {mix}"
 
 
-def _export(step: ExportStep, index: int, model: nn.Module, compressor: Any, example: Any, out_dir: Path,
-            registry: plugins.Registry, fp32: Any) -> tuple[nn.Module, Optional[ArtifactReport]]:
-    impl = registry.get("export_backend", step.backend)
+def _export(step: ExportStep, index: int, state: _State) -> str:
+    impl = state.registry.get("export_backend", step.backend)
+    compressor = state.compressor
     if compressor is not None and hasattr(compressor, "finalize"):
         exported = compressor.finalize(backend=step.backend)
     else:
-        exported = export_finalize(model, step.backend, registry=registry)
+        exported = export_finalize(state.model, step.backend, registry=state.registry)
+    state.result.exported[index] = exported
     if not hasattr(impl, "save"):
-        return exported, None
-    path = out_dir / (step.path or f"model{getattr(impl, 'suffix', '') or ''}")
-    written = Path(impl.save(exported, path, example_inputs=_example_inputs(example), **step.options))
-    size = _nbytes(written)
-    return exported, ArtifactReport(step=index, backend=step.backend, path=str(written), bytes=size,
-                                    ratio_vs_fp32=fp32.total.bytes / size if size else float("inf"))
+        return ""
+    path = state.out_dir / export_path(step, impl)
+    with atomic.temp_path(path, overwrite=state.overwrite) as tmp:
+        written = Path(impl.save(exported, tmp, example_inputs=_example_inputs(state.example), **step.options))
+        if written != tmp:
+            raise PluginError(f"export backend {step.backend!r} wrote {written} instead of the path it was given "
+                              f"({tmp}); a backend's save(model, path) must write exactly path")
+    size = _nbytes(path)
+    fp32 = state.fp32
+    artifact = ArtifactReport(step=index, backend=step.backend, path=str(path), bytes=size,
+                              ratio_vs_fp32=fp32.total.bytes / size if size else float("inf"))
+    state.result.report.artifacts.append(artifact)
+    state.result.artifacts.append(path)
+    return f"{artifact.path} ({artifact.bytes} B, {artifact.ratio_vs_fp32:.2f}x smaller)"
+
+
+RUNNERS: dict[type, Callable[[Any, int, _State], str]] = {
+    PalettizeStep: _palettize,
+    QuantizeStep: _quantize,
+    MixedPrecisionStep: _mixed_precision,
+    ExportStep: _export,
+}
+"""Step class -> ``run(step, index, state) -> detail`` (the report's notes); one entry per :data:`STEP_TYPES`."""
+
+_missing = [tag for tag, kind in STEP_TYPES.items() if kind.cls not in RUNNERS]
+if _missing:  # pragma: no cover - a step type registered without a runner
+    raise ImportError(f"pipeline step types without a runner: {', '.join(_missing)}")
 
 
 def _nbytes(path: Path) -> int:
@@ -324,4 +387,4 @@ def _step_report(index: int, kind: str, label: str, seconds: float, model: nn.Mo
                       output_sqnr_db=sqnr, detail=detail)
 
 
-__all__ = ["PipelineResult", "compress", "run_pipeline"]
+__all__ = ["RUNNERS", "PipelineResult", "compress", "run_pipeline"]
