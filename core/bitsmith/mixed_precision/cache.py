@@ -14,21 +14,32 @@ row and record is further keyed by its layer and by the candidate's spec,
 palettizer, clustering algorithm and plugin version. So a rerun with the same
 inputs reuses everything, adding a candidate computes only the new pairs, and any
 change to weights, data, metric or algorithm starts afresh.
+
+Nothing read back is trusted blindly: every row and every record carries a sha256
+digest of its content (and of the pair it belongs to), checked on load. A row or
+record that is damaged, hand-edited, unreadable or stored under another pair's name
+is ignored with a warning on the ``bitsmith.cache`` logger, so it is recomputed. A
+cache folder that cannot be created or written turns the cache off for the run
+(with a warning) instead of failing it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Optional, Union
 
 import torch
 
+from .. import atomic
 from ..compressed import LutQuantization, PalettizedTensor, SparseOutliers
 from ..config import PalettizationSpec, QuantizationSpec, from_dict, to_dict
+
+logger = logging.getLogger("bitsmith.cache")
 
 __all__ = ["DEFAULT_CACHE_DIR", "SensitivityCache", "default_cache_dir", "record_from_state", "record_to_state"]
 
@@ -44,6 +55,37 @@ def default_cache_dir() -> Path:
 def digest(*parts: Any) -> str:
     """sha256 of the JSON form of ``parts`` (hex)."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def state_digest(pair: str, state: Any) -> str:
+    """sha256 (hex) of a record state (tensors by dtype, shape and bytes; other values as JSON) and its pair key."""
+    h = hashlib.sha256(pair.encode())
+
+    def feed(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            flat = value.detach().cpu().contiguous().reshape(-1)
+            h.update(f"T{flat.dtype}{tuple(value.shape)}".encode())
+            h.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+        elif isinstance(value, dict):
+            h.update(b"{")
+            for key in sorted(value):
+                h.update(json.dumps(key).encode())
+                feed(value[key])
+            h.update(b"}")
+        elif isinstance(value, (list, tuple)):
+            h.update(b"[")
+            for item in value:
+                feed(item)
+            h.update(b"]")
+        else:
+            h.update(json.dumps(value, sort_keys=True, default=str).encode())
+
+    feed(state)
+    return h.hexdigest()
+
+
+def _row_digest(row: dict[str, Any]) -> str:
+    return digest({k: v for k, v in row.items() if k != "digest"})
 
 
 def record_to_state(record: PalettizedTensor) -> dict[str, Any]:
@@ -87,19 +129,37 @@ class SensitivityCache:
         self._rows: dict[tuple[str, str], dict[str, Any]] = {}
         if root is None:
             return
-        self.path = Path(root) / "sensitivity" / run_key[:24]
-        (self.path / "records").mkdir(parents=True, exist_ok=True)
-        meta_path = self.path / "meta.json"
-        if not meta_path.exists():
-            _atomic_write(meta_path, (json.dumps({**meta, "run_key": run_key}, indent=1, default=str) + "\n").encode())
-        rows_path = self.path / "rows.jsonl"
-        if rows_path.exists():
-            for line in rows_path.read_text().splitlines():
-                try:
-                    row = json.loads(line)
-                    self._rows[(row["layer"], row["pair"])] = row
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    continue  # torn write from an interrupted run
+        path = Path(root) / "sensitivity" / run_key[:24]
+        try:
+            (path / "records").mkdir(parents=True, exist_ok=True)
+            meta_path = path / "meta.json"
+            if not meta_path.exists():
+                atomic.write_text(meta_path, json.dumps({**meta, "run_key": run_key}, indent=1, default=str) + "\n")
+            with open(path / "rows.jsonl", "a"):
+                pass  # the folder must be writable too, or every row would fail later
+        except OSError as exc:
+            logger.warning("sensitivity cache %s is not usable (%s); running without the cache", path,
+                           exc.strerror or exc)
+            return
+        self.path = path
+        self._read_rows(path / "rows.jsonl")
+
+    def _read_rows(self, rows_path: Path) -> None:
+        try:
+            text = rows_path.read_bytes().decode("utf-8", errors="replace")
+        except OSError as exc:
+            logger.warning("cannot read %s (%s); its scores will be recomputed", rows_path, exc.strerror or exc)
+            return
+        bad = 0
+        for line in text.splitlines():
+            row = _verified_row(line)
+            if row is None:
+                bad += line.strip() != ""
+                continue
+            self._rows[(row["layer"], row["pair"])] = row
+        if bad:
+            logger.warning("%s: ignored %d damaged or edited cached score(s) (digest mismatch or unreadable); "
+                           "they will be recomputed", rows_path, bad)
 
     @property
     def enabled(self) -> bool:
@@ -112,53 +172,70 @@ class SensitivityCache:
         return digest(layer, candidate_key)[:24]
 
     def row(self, layer: str, pair: str) -> Optional[dict[str, Any]]:
-        """The stored row of a pair (``score``, ``seconds``), if any."""
+        """The stored row of a pair (``score``, ``seconds``), if any (only rows whose digest matched)."""
         return self._rows.get((layer, pair))
 
     def add_row(self, layer: str, pair: str, **values: Any) -> None:
-        """Append one scored pair (flushed and fsynced before returning)."""
+        """Append one scored pair with its digest (flushed and fsynced before returning)."""
         row = {"layer": layer, "pair": pair, **values}
+        row["digest"] = _row_digest(json.loads(json.dumps(row, default=str)))  # over the form read back
         self._rows[(layer, pair)] = row
         if self.path is None:
             return
-        with open(self.path / "rows.jsonl", "a") as fh:
-            fh.write(json.dumps(row, default=str) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        try:
+            with open(self.path / "rows.jsonl", "a") as fh:
+                fh.write(json.dumps(row, default=str) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            self._disable(exc)
 
     def load_record(self, pair: str) -> Optional[PalettizedTensor]:
-        """The stored record of a pair, if present and readable."""
+        """The stored record of a pair, if present, readable and matching its digest (else ``None``, with a warning)."""
         if self.path is None:
             return None
         file = self.path / "records" / f"{pair}.pt"
         if not file.exists():
             return None
         try:
-            return record_from_state(torch.load(file, weights_only=True))
-        except Exception:  # noqa: BLE001 - an unreadable record is recomputed
+            stored = torch.load(file, weights_only=True)
+            state = stored["state"]
+            if stored["digest"] != state_digest(pair, state):
+                raise ValueError("digest mismatch: the file was changed after it was written")
+            return record_from_state(state)
+        except Exception as exc:  # noqa: BLE001 - any damage means: recompute
+            logger.warning("cached record %s is not usable (%s: %s); recomputing it", file, type(exc).__name__,
+                           str(exc)[:200])
             return None
 
     def save_record(self, pair: str, record: PalettizedTensor) -> None:
-        """Store a record atomically."""
+        """Store a record and its digest atomically (replacing an earlier, unusable one)."""
         if self.path is None:
             return
-        file = self.path / "records" / f"{pair}.pt"
-        fd, tmp = tempfile.mkstemp(dir=file.parent, suffix=".tmp")
-        os.close(fd)
+        state = record_to_state(record)
         try:
-            torch.save(record_to_state(record), tmp)
-            os.replace(tmp, file)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            with atomic.temp_path(self.path / "records" / f"{pair}.pt", overwrite=True) as tmp:
+                torch.save({"state": state, "digest": state_digest(pair, state)}, tmp)
+        except OSError as exc:
+            self._disable(exc)
+
+    def _disable(self, exc: OSError) -> None:
+        logger.warning("cannot write to the sensitivity cache %s (%s); continuing without the cache", self.path,
+                       exc.strerror or exc)
+        self.path = None
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+def _verified_row(line: str) -> Optional[dict[str, Any]]:
+    """The row of one ``rows.jsonl`` line if it parses, has its fields and its digest matches; else ``None``."""
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        row = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(row, dict) or not isinstance(row.get("layer"), str) or not isinstance(row.get("pair"), str):
+        return None
+    score = row.get("score")
+    if isinstance(score, bool) or not isinstance(score, (int, float)) or math.isnan(score):
+        return None
+    if row.get("digest") != _row_digest(row):
+        return None
+    return row
