@@ -85,7 +85,7 @@ def test_yaml_job_and_flag_override(user_module, default_registry, tmp_path, cap
 
 @pytest.mark.parametrize("body, message", [
     ("target_bpw: -1", "mixed_precision.target_bpw: expected a positive number, got -1"),
-    ("target_bpw: 4\n  engine: turbo", "mixed_precision.engine: 'turbo' is not one of auto, fast, naive"),
+    ("target_bpw: 4\n  engine: turbo", "mixed_precision.engine: 'turbo' is not one of auto, fast, block, local, naive"),
     ("target_bpw: 4\n  colour: red", "mixed_precision.colour: unknown key"),
     ("target_size: 1\n  target_bpw: 4", "give exactly one of target_bpw"),
     ("target_bpw: 4\n  candidates: ['5-bit']", "mixed_precision.candidate '5-bit': bit width"),

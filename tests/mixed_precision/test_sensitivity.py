@@ -107,15 +107,19 @@ def test_fast_engine_with_keyword_inputs_and_shared_weights(registry):
     assert fast.meta["engine"] == "fast" and _same(fast, naive)
 
 
-def test_untraceable_model_falls_back_with_a_warning(registry):
+def test_untraceable_model_uses_the_block_engine(registry):
     torch.manual_seed(0)
     model = Untraceable().eval()
     x = torch.randn(6, 8)
-    with pytest.warns(EngineFallbackWarning, match="torch.fx cannot trace it"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # auto choosing another exact engine is not a warning
         auto = compute_sensitivity(model, x, cache_dir=None, registry=registry)
-    assert auto.meta["engine"] == "naive" and "fast engine not used" in auto.meta["engine_notes"][0]
+    assert auto.meta["engine"] == "block" and "torch.fx cannot trace it" in auto.meta["engine_notes"][0]
     naive = compute_sensitivity(model, x, engine="naive", cache_dir=None, registry=registry)
     assert _same(auto, naive)
+    with pytest.warns(EngineFallbackWarning, match="torch.fx cannot trace it"):  # fast named explicitly
+        fast = compute_sensitivity(model, x, engine="fast", cache_dir=None, registry=registry)
+    assert fast.meta["engine"] == "naive" and _same(fast, naive)
 
 
 def test_thread_pool_executor_gives_the_same_table(mlp, registry):
@@ -167,7 +171,7 @@ def test_interrupted_run_resumes_where_it_stopped(resnetish, images, registry, t
 def test_bad_inputs_fail_before_any_work(resnetish, images, registry, test_plugin):
     with pytest.raises(PluginError, match="no sensitivity metric named 'psnrr'; available: flaky, kl, mse, psnr"):
         compute_sensitivity(resnetish, images, metric="psnrr", cache_dir=None, registry=registry)
-    with pytest.raises(ConfigError, match="engine: 'turbo' is not one of auto, fast, naive"):
+    with pytest.raises(ConfigError, match="engine: 'turbo' is not one of auto, fast, block, local, naive"):
         compute_sensitivity(resnetish, images, engine="turbo", cache_dir=None, registry=registry)
     with pytest.raises(ConfigError, match="candidate '4-bit gg': unknown token"):
         compute_sensitivity(resnetish, images, ["4-bit gg"], cache_dir=None, registry=registry)

@@ -3,6 +3,14 @@
 ``naive``: for every (layer, candidate), put the candidate's dequantized weight in
 the layer and run a full forward pass over every batch.
 
+``block`` (:mod:`bitsmith.mixed_precision.blocks`): no torch.fx; the eager forward
+pass with every module call that finished before the changed layer answered from a
+cache of the baseline's values. Chosen by ``auto`` when fx cannot trace the model.
+
+``local`` (:mod:`bitsmith.mixed_precision.local`): each layer alone on its cached
+calibration inputs, scored on its own output (no re-run of the rest of the model);
+an approximation for models too large for end-to-end scoring.
+
 ``fast``: trace the model once with :mod:`torch.fx` and walk its graph node by node
 with the original weights (the baseline pass). Arriving at the first node that uses
 a layer, the walk holds every value the rest of the graph needs (each layer's input
@@ -45,17 +53,19 @@ from attrs import define, field
 from torch import nn
 
 from ..compressed import PalettizedTensor
+from .blocks import BlockReplay, ReplayError
 from .inputs import Batch, _pick, run_batches
+from .local import score_locally
 
 __all__ = ["ENGINES", "EngineFallbackWarning", "EvalTask", "EvalUnit", "GraphWalker", "Program", "Ref", "Step",
-           "UnitResult", "eval_mode", "run_unit", "trace"]
+           "UnitResult", "check_blocks", "eval_mode", "run_unit", "trace"]
 
-ENGINES = ("auto", "fast", "naive")
+ENGINES = ("auto", "fast", "block", "local", "naive")
 """Accepted values of ``compute_sensitivity(engine=...)``."""
 
 
 class EngineFallbackWarning(UserWarning):
-    """The fast (torch.fx) engine could not be used for a model; the naive engine ran instead."""
+    """The requested exact engine (fast or block) could not be used for a model; the naive engine ran instead."""
 
 
 class _Fallback(Exception):
@@ -84,7 +94,8 @@ class EvalUnit:
     engine: str
     tasks: list[EvalTask]
     threads: Optional[int] = None
-    program: Optional["Program"] = None
+    program: Any = None
+    """The fast engine's :class:`Program`; for the block engine in this process, the prepared :class:`BlockReplay`."""
 
 
 @define
@@ -138,6 +149,7 @@ def run_unit(unit: EvalUnit, emit: Optional[Emit] = None) -> UnitResult:
     """Score every task of ``unit``; ``emit(layer_index, candidate_index, score, seconds)`` sees each score as it lands.
 
     With ``engine="fast"``, ``unit.program`` is the checked program from :func:`trace`.
+    ``"block"`` records the call tree here (a few baseline passes) and replays it.
     """
     if unit.threads:
         torch.set_num_threads(unit.threads)
@@ -157,8 +169,40 @@ def run_unit(unit: EvalUnit, emit: Optional[Emit] = None) -> UnitResult:
                            "into a cached value); this unit's scores were recomputed")
             result.scores.clear()
             result.engine = "naive"
+        elif unit.engine == "block":
+            replay = unit.program
+            if replay is None:  # in a worker: record here, from the unit's own model copy
+                replay = BlockReplay(unit.model, unit.batches, unit.output_fn, [(t.name, t.tensor) for t in unit.tasks])
+                try:
+                    replay.prepare(unit.reference)
+                except ReplayError as exc:
+                    replay = None
+                    result.note = f"block engine not used for {type(unit.model).__name__}: {exc}"
+                    result.engine = "naive"
+            if replay is not None:
+                replay.score(unit.tasks, unit.metric, unit.reference, record)
+                return result
+        elif unit.engine == "local":
+            score_locally(unit.model, unit.batches, unit.tasks, unit.metric, record)
+            return result
         _naive(unit, record)
     return result
+
+
+def check_blocks(model: nn.Module, batches: Sequence[Batch], reference: torch.Tensor,
+                 output_fn: Callable[[Any], torch.Tensor], tensors: Sequence[tuple[str, str]]
+                 ) -> tuple[Optional[BlockReplay], Optional[str]]:
+    """``(replay, None)`` when the block engine reproduces ``reference`` on ``model``, else ``(None, why not)``.
+
+    The checked replay can score in this process (``EvalUnit.program``); workers record their own.
+    """
+    try:
+        replay = BlockReplay(model, batches, output_fn, tensors)
+        replay.prepare(reference)
+        replay.check(reference)
+    except ReplayError as exc:
+        return None, f"block engine not used for {type(model).__name__}: {exc}"
+    return replay, None
 
 
 def _naive(unit: EvalUnit, record: Emit) -> None:
@@ -178,10 +222,6 @@ def _naive(unit: EvalUnit, record: Emit) -> None:
 
 
 # ---------------------------------------------------------------------- torch.fx walker
-
-_INPLACE_FUNCTIONS = {operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ifloordiv,
-                      operator.imod, operator.ipow, operator.iand, operator.ior, operator.ixor, operator.ilshift,
-                      operator.irshift, operator.imatmul, operator.setitem}
 
 
 @define(frozen=True)

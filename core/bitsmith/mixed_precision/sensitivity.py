@@ -41,7 +41,7 @@ from ..resolve import ResolvedTensor
 from ..sizes import dense_size, model_size, record_size
 from .cache import SensitivityCache, default_cache_dir, digest
 from .candidates import Candidate, CandidateLike, resolve_candidates
-from .engine import ENGINES, EvalTask, EvalUnit, UnitResult, eval_mode, run_unit, trace, warn_fallback
+from .engine import ENGINES, EvalTask, EvalUnit, UnitResult, check_blocks, eval_mode, run_unit, trace, warn_fallback
 from .inputs import Batch, LayerInfo, default_output_fn, find_layers, hash_data, hash_weights, normalize_data, \
     run_batches
 from .table import SCHEMA_VERSION, SensitivityRow, SensitivityTable
@@ -79,8 +79,11 @@ def compute_sensitivity(model: nn.Module, data: Any, candidates: Optional[Iterab
     :param num_workers: > 1 (without ``executor``) clusters and scores on that many spawned processes.
     :param progress: show progress bars (default: when stderr is a terminal).
     :param engine: ``"fast"`` (torch.fx: re-run only the graph after the changed
-        layer), ``"naive"`` (full forward per pair) or ``"auto"`` (fast, falling
-        back to naive with an :class:`EngineFallbackWarning` when fx cannot trace).
+        layer), ``"block"`` (no fx: replay the module calls before the changed
+        layer from a cache), ``"naive"`` (full forward per pair), ``"auto"`` (fast,
+        else block, else naive) or ``"local"`` (each layer scored on its own output
+        from cached inputs: approximate, for models too large to re-run per pair).
+        Falling back to naive warns with an :class:`EngineFallbackWarning`.
     :param palettizers: ready palettizer instances by name (e.g. a calibrated
         ``SKMPalettizer``) used instead of building them.
     :param calibration_data: batches for palettizers that need calibration (a
@@ -139,7 +142,7 @@ def compute_sensitivity(model: nn.Module, data: Any, candidates: Optional[Iterab
             todo = [(li, ci) for li, info in enumerate(infos) for ci in applicable[li]
                     if cache.row(info.name, cache.pair_key(info.name, pair_keys[cands[ci].label])) is None]
             engine_used, notes = _score(model, infos, cands, todo, records, batches, reference, metric_impl,
-                                        output_fn, "fast" if engine == "auto" else engine, cache, pair_keys, executor,
+                                        output_fn, engine, cache, pair_keys, executor,
                                         own_pool is not None, progress)
             score_s = time.perf_counter() - t0
     finally:
@@ -320,13 +323,7 @@ def _score(model: nn.Module, infos: Sequence[LayerInfo], cands: Sequence[Candida
         by_layer.setdefault(li, []).append(ci)
     tasks = [EvalTask(li, infos[li].name, infos[li].tensor, [(ci, records[(li, ci)]) for ci in cis])
              for li, cis in by_layer.items()]
-    notes: list[str] = []
-    program = None
-    if engine == "fast":  # trace once, here: tracing is not thread-safe
-        program, note = trace(model, batches, reference, output_fn)
-        if program is None:
-            notes.append(note)
-            engine = "naive"
+    engine, program, notes, quiet = _choose_engine(engine, model, batches, reference, output_fn, tasks)
     bar = progress_bar(total=len(todo), desc=f"sensitivity ({engine})", unit="pair", enabled=progress)
 
     def emit(li: int, ci: int, score: float, seconds: float) -> None:
@@ -348,13 +345,42 @@ def _score(model: nn.Module, infos: Sequence[LayerInfo], cands: Sequence[Candida
             threads = max(1, (os.cpu_count() or 1) // workers) if own_pool else None
             chunks = _chunks(tasks, max(1, 2 * workers))
             # each unit gets its own model copy: thread-based executors share memory with us
-            make = (lambda c: unit(c, copy.deepcopy(model), threads))
+            make = (lambda c: attrs.evolve(unit(c, copy.deepcopy(model), threads),
+                                           program=None if engine == "block" else program))
             results += _run_pool(executor, chunks, make, workers + 1, emit)
     notes = list(dict.fromkeys(notes + [r.note for r in results if r.note]))
     for note in notes:
-        warn_fallback(note)
+        if note not in quiet:
+            warn_fallback(note)
     used = sorted({r.engine for r in results})
     return (used[0] if len(used) == 1 else "+".join(used)), notes
+
+
+def _choose_engine(requested: str, model: nn.Module, batches: list[Batch], reference: torch.Tensor,
+                   output_fn: Callable, tasks: Sequence[EvalTask]) -> tuple[str, Any, list[str], set[str]]:
+    """The engine to run, its program (fx steps, or the checked block replay), notes, and the notes that need no warning.
+
+    ``auto``: fast (fx) if it traces, else block, else naive; ``fast`` and ``block``
+    fall back to naive. Only a fall back to naive warns (an exact engine was replaced
+    by a slow one); ``auto`` choosing block is recorded in the notes only.
+    """
+    notes: list[str] = []
+    quiet: set[str] = set()
+    if requested in ("naive", "local"):
+        return requested, None, notes, quiet
+    if requested in ("auto", "fast"):  # trace once, here: tracing is not thread-safe
+        program, note = trace(model, batches, reference, output_fn)
+        if program is not None:
+            return "fast", program, notes, quiet
+        notes.append(note)
+        if requested == "fast":
+            return "naive", None, notes, quiet
+        quiet.add(note)
+    replay, note = check_blocks(model, batches, reference, output_fn, [(t.name, t.tensor) for t in tasks])
+    if replay is not None:
+        return "block", replay, notes, quiet
+    notes.append(note)
+    return "naive", None, notes, quiet
 
 
 def _executor_workers(executor: cf.Executor) -> int:
