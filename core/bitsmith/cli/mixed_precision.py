@@ -38,7 +38,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="candidate labels, e.g. 2 4 6 '4-bit g16' '3-bit +scale' '4-bit @sensitive_kmeans' "
                         "(default 2/4/6-bit per-tensor)")
     p.add_argument("--palettizer", help="registered palettizer for candidates that name none; default kmeans")
-    p.add_argument("--engine", choices=("auto", "fast", "naive"), help="sensitivity engine; default auto")
+    p.add_argument("--engine", choices=("auto", "fast", "block", "local", "naive"), help="sensitivity engine; default auto")
     p.add_argument("--layers", nargs="+", metavar="NAME", help="layer names or regexes to score (default: all)")
     p.add_argument("--out", metavar="DIR", help="output folder; default artifacts/mixed_precision")
     p.add_argument("--cache-dir", metavar="DIR", help="sensitivity cache; default .bitsmith-cache")
