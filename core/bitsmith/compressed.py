@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Iterator, Optional, Union
 
+import numpy as np
 import torch
 from attrs import define
 from torch import nn
@@ -27,6 +28,7 @@ from torch import nn
 from .config.specs import PalettizationSpec, QuantizationSpec
 
 _ATTR = "_bitsmith_records"
+_DEQUANTIZE_CHUNK = 1 << 22  # elements per step of PalettizedTensor.dequantize
 
 
 @define(frozen=True, eq=False)
@@ -105,22 +107,51 @@ class PalettizedTensor:
         return self.shape[self.axis] // self.num_luts
 
     def dequantize(self) -> torch.Tensor:
-        """The dense tensor at the original dtype."""
-        d = self.cluster_dim
-        idx = self.indices.long().movedim(self.axis, 0)  # (C/d, *rest)
-        rows = idx.shape[0]
-        lut_of_row = (torch.arange(rows) * d) // self.group_size  # LUT serving each index row
+        """The dense tensor at the original dtype (contiguous).
+
+        Built in blocks of index rows that each use one LUT, so the temporaries stay
+        near ``_DEQUANTIZE_CHUNK`` elements whatever the tensor's size.
+        """
+        d, axis = self.cluster_dim, self.axis
+        idx = self.indices.movedim(axis, 0)  # (C/d, *rest), uint8
+        rows, rest = idx.shape[0], tuple(idx.shape[1:])
         flat = idx.reshape(rows, -1)
-        values = self.lut[lut_of_row[:, None], flat]  # (C/d, rest, d)
-        values = values.permute(0, 2, 1).reshape(rows * d, *idx.shape[1:])
-        dense = values.movedim(0, self.axis)
-        if self.per_channel_scale is not None:
-            dense = dense * self.per_channel_scale.reshape(-1, *([1] * (dense.dim() - 1)))
-        dense = dense.to(self.dtype).reshape(self.shape)
+        out = torch.empty(rows, d, *rest, dtype=self.dtype, device=self.lut.device)
+        scale = self.per_channel_scale
+        rows_per_lut = self.group_size // d
+        step = max(1, _DEQUANTIZE_CHUNK // max(1, flat.shape[1] * d))
+        start = 0
+        while start < rows:
+            stop = min(start + step, (start // rows_per_lut + 1) * rows_per_lut)  # never across two LUTs
+            block_scale = None if scale is None else (  # scales run along the weight's dim 0
+                scale[start * d:stop * d].reshape(stop - start, d, *([1] * len(rest))) if axis == 0
+                else scale.reshape(1, 1, -1, *([1] * (len(rest) - 1))))
+            _lookup(self.lut[start // rows_per_lut], flat[start:stop], out[start:stop], block_scale)
+            start = stop
+        dense = out.reshape(rows * d, *rest).movedim(0, axis).contiguous().reshape(self.shape)
         if self.outliers is not None and self.outliers.nnz:
             dense = dense.contiguous()
             dense.view(-1)[self.outliers.indices.long()] = self.outliers.values.to(self.dtype)
         return dense
+
+
+def _lookup(lut: torch.Tensor, indices: torch.Tensor, out: torch.Tensor, scale: Optional[torch.Tensor]) -> None:
+    """Write ``lut[indices]`` (times ``scale``) into ``out``.
+
+    ``lut``: (k, d); ``indices``: uint8 (n, m); ``out``: (n, d, ...) with m entries per
+    row after ``d``. On the CPU the lookup is ``np.take`` on the uint8 indices (no
+    int64 copy), straight into ``out`` when no transpose or cast is needed.
+    """
+    cpu = lut.device.type == "cpu" and indices.device.type == "cpu"
+    if cpu and out.shape[1] == 1 and out.dtype == lut.dtype and out.is_contiguous():
+        np.take(lut.detach().numpy()[:, 0], indices.numpy(), out=out.numpy().reshape(indices.shape), mode="clip")
+        if scale is not None:
+            out.mul_(scale)
+        return
+    values = (torch.from_numpy(np.take(lut.detach().numpy(), indices.numpy(), axis=0, mode="clip")) if cpu
+              else lut[indices.long()])  # (n, m, d)
+    values = values.permute(0, 2, 1).reshape(out.shape)
+    out.copy_(values if scale is None else values * scale)
 
 
 @define(frozen=True, eq=False)

@@ -21,6 +21,7 @@ import yaml
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 from cattrs.gen import make_dict_structure_fn
 
+from .. import safe_yaml
 from ..errors import ConfigError
 from . import palettization as pal
 from . import quantization as quant
@@ -202,10 +203,7 @@ def _detect(data: Any, cls: type | None) -> tuple[type, Any, str]:
 
 def from_yaml(text: str, cls: type[T] | None = None) -> T:
     """Parse YAML text (with or without its top-level key) into a config object."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"invalid YAML: {exc}") from None
+    data = safe_yaml.load(text, source="config")
     found, body, key = _detect(data, cls)
     try:
         return from_dict(body, found)
@@ -239,7 +237,7 @@ def load(source: Union[str, os.PathLike, dict, Any], cls: type[T] | None = None)
         path = Path(source)
         if not path.exists():
             raise ConfigError(f"{path}: no such config file")
-        return from_yaml(path.read_text(), cls)
+        return from_yaml(safe_yaml.read_text(path), cls)
     if isinstance(source, str):
         return from_yaml(source, cls)
     raise ConfigError(f"cannot load a config from {type(source).__name__}")

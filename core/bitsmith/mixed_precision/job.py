@@ -25,9 +25,9 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
-import yaml
 from attrs import define, field
 
+from .. import safe_yaml
 from ..config import dump, from_dict
 from ..errors import ConfigError
 from .engine import ENGINES
@@ -92,10 +92,7 @@ def load_job(source: Union[str, os.PathLike, dict]) -> MixedPrecisionJob:
         if not path.is_file():
             raise ConfigError(f"{path}: no such job file")
         label = str(path)
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+        data = safe_yaml.load_file(path)
     prefix = ""
     if isinstance(data, dict) and set(data) == {JOB_KEY}:
         data, prefix = data[JOB_KEY], JOB_KEY + "."
@@ -122,10 +119,12 @@ def run_job(job: MixedPrecisionJob, *, echo: Callable[[str], None] = print, head
     from .pareto import pareto_sweep, plot_pareto
     from .recipe import generate_recipe
     from .sensitivity import compute_sensitivity
+    from .targets import check_target
 
     build_model = import_callable(job.model, field="model")
     load_data = import_callable(job.data, field="data")
     model, data = build_model(), load_data()
+    check_target(model, job.candidates, target_bpw=job.target_bpw, target_size=job.target_size, layers=job.layers)
     table = compute_sensitivity(model, data, job.candidates, metric=job.metric, palettizer=job.palettizer,
                                 layers=job.layers, cache_dir=job.cache_dir, num_workers=job.num_workers,
                                 engine=job.engine, progress=job.progress)

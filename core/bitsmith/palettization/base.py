@@ -12,9 +12,7 @@ sample weights or training; the kmeans plugin's ``KMeansPalettizer`` is this cla
 from __future__ import annotations
 
 import concurrent.futures as cf
-import copy
-import multiprocessing
-from typing import Any, ClassVar, Iterable, Optional, Union
+from typing import Any, ClassVar, Iterator, Optional, Union
 
 import attrs
 import numpy as np
@@ -29,8 +27,10 @@ from ..export import ExportBackend, finalize as export_finalize
 from ..progress import progress_bar
 from ..resolve import ResolvedTensor, resolve_state_specs
 from ..sizes import TensorSize, dense_size, model_size
-from .report import PalettizationReport, layer_report
-from .tensor import check_palettizable, palettize_tensor
+from .memory import copy_for_compression
+from .report import LayerReport, PalettizationReport, layer_report
+from .workers import worker_pool
+from .tensor import all_finite, check_palettizable, palettize_tensor
 
 
 class Palettizer:
@@ -77,7 +77,7 @@ class Palettizer:
             seen.add(id(tensor))
             if not tensor.is_floating_point():
                 raise CompressionError(f"{item.qualified_name}: cannot palettize a {tensor.dtype} tensor")
-            if not bool(torch.isfinite(tensor).all()):
+            if not all_finite(tensor):
                 raise CompressionError(f"{item.qualified_name}: has NaN or infinite values; cannot palettize it")
             spec, note = fit_spec(tuple(tensor.shape), item.spec, item.on_incompatible, item.qualified_name)
             if note:
@@ -109,10 +109,41 @@ class Palettizer:
         ``clusterer`` defaults to :meth:`clusterer`; sample weights come from
         :meth:`sample_weight`. Parallelism as in :meth:`prepare`.
         """
+        return list(self.iter_records(targets, clusterer, num_workers=num_workers, executor=executor,
+                                      progress=progress, seed=seed))
+
+    def iter_records(self, targets: list[ResolvedTensor], clusterer: Any = None, *, num_workers: int = 1,
+                     executor: Optional[cf.Executor] = None, progress: Optional[bool] = None,
+                     seed: Optional[int] = None) -> Iterator[compressed.PalettizedTensor]:
+        """Yield the record of each tensor of ``targets`` in order, as :meth:`cluster_targets` computes them.
+
+        Sequentially, each tensor is read (as float32) only when its turn comes, so a
+        caller that consumes one record before asking for the next holds one layer's
+        temporaries at a time. With workers every payload is submitted up front.
+        """
         clusterer = self.clusterer() if clusterer is None else clusterer
-        jobs = [_Job(t.qualified_name, getattr(t.module, t.tensor_name).detach().cpu().float().numpy(),
-                     t.spec, self._sample_weight_np(t), seed) for t in targets]
-        return self._run(jobs, clusterer, num_workers, executor, progress)
+        jobs = (self._job(t, seed) for t in targets)
+        bar = progress_bar(total=len(targets), desc=f"palettize ({self.algorithm})", unit="layer", enabled=progress)
+        own = None
+        if executor is None and num_workers > 1 and len(targets) > 1:
+            own = executor = worker_pool(num_workers)
+        try:
+            with bar:
+                if executor is None:
+                    for job in jobs:
+                        bar.set_postfix_str(job.name, refresh=False)
+                        record = _run_job(job, clusterer)
+                        del job
+                        bar.update()
+                        yield record
+                    return
+                futures = [executor.submit(_run_job, job, clusterer) for job in jobs]
+                for future in futures:
+                    yield future.result()
+                    bar.update()
+        finally:
+            if own is not None:
+                own.shutdown()
 
     # ------------------------------------------------------------------ prepare
 
@@ -121,59 +152,69 @@ class Palettizer:
                 seed: Optional[int] = None) -> nn.Module:
         """Return the model with palettized weights in effect (eager PyTorch).
 
+        Layers are palettized one after the other: each tensor is clustered, its
+        record attached and its dense values replaced before the next one is read.
+        Memory: with ``inplace=True`` the extra peak is the records' uint8 indices
+        (one byte per compressed weight) plus a few times the largest layer;
+        without it, :func:`copy_for_compression` copies everything except the
+        tensors to compress (shared with ``self.model`` until their palettized
+        values replace them in the copy), so the extra peak stays below one model
+        copy plus the indices. The report is built from the dense values that are
+        written anyway (one dequantize per tensor, SQNR in float32 chunks, LUT
+        entries from the LUTs alone; no sort of the weights).
+
         :param example_inputs: accepted for API symmetry with quantizers; data-free
             palettizers do not run the model.
-        :param inplace: modify ``self.model`` instead of a deep copy.
-        :param num_workers: > 1 clusters layers in that many spawned processes.
+        :param inplace: modify ``self.model`` instead of a copy. If a clusterer fails
+            part-way (every layer is checked up front, so only a clusterer's own
+            error can), the layers before it stay palettized.
+        :param num_workers: > 1 clusters layers in that many spawned processes (see
+            :func:`worker_pool` for their thread counts; payloads are all submitted up
+            front, so this trades memory for speed).
         :param executor: any ``concurrent.futures.Executor`` (overrides ``num_workers``).
         :param progress: show a progress bar (default: when stderr is a terminal).
         :param seed: seed for randomized clusterers (vector k-means); scalar
             k-means is deterministic.
         """
-        model = self.model if inplace else copy.deepcopy(self.model)
-        targets = self.plan(model)
-        results = self.cluster_targets(targets, num_workers=num_workers, executor=executor, progress=progress,
-                                       seed=seed)
-        rows, before_bits = [], 0
-        for target, record in zip(targets, results):
-            original = getattr(target.module, target.tensor_name).detach().clone()
-            record = self.finish_record(target, _with_dtype(record, original.dtype))
-            for owner_name, owner, pname in _owners(model, getattr(target.module, target.tensor_name)):
-                compressed.attach(owner, pname, record)
-            compressed.apply(target.module, target.tensor_name, record)
-            rows.append(layer_report(target.qualified_name, original, record))
-            before_bits += dense_size(original.shape, original.dtype).total_bits
+        targets = self.plan(self.model)
+        model = self.model
+        if not inplace:
+            model = copy_for_compression(self.model, [getattr(t.module, t.tensor_name) for t in targets])
+            targets = [attrs.evolve(t, module=model.get_submodule(t.module_name)) for t in targets]
+        rows, before_bits, owners = [], 0, _owners(model)
+        records = self.iter_records(targets, num_workers=num_workers, executor=executor, progress=progress,
+                                    seed=seed)
+        for target, record in zip(targets, records):
+            rows.append(self._apply(owners, target, record))
+            before_bits += dense_size(rows[-1].shape, getattr(target.module, target.tensor_name).dtype).total_bits
         self._report = _make_report(rows, before_bits, model)
         self._report.coverage = check_coverage(model, self.config, self.plan_notes)
         self.prepared_model = model
         return model
 
-    def _sample_weight_np(self, item: ResolvedTensor) -> Optional[np.ndarray]:
-        sw = self.sample_weight(item)
-        return None if sw is None else sw.detach().cpu().float().numpy()
+    def _apply(self, owners: dict[int, list[tuple[nn.Module, str]]], target: ResolvedTensor,
+               record: compressed.PalettizedTensor) -> LayerReport:
+        """Finish, attach (to every owner of the tensor) and write one tensor's record; return its report row.
 
-    def _run(self, jobs: list["_Job"], clusterer: Any, num_workers: int, executor: Optional[cf.Executor],
-             progress: Optional[bool]) -> list[compressed.PalettizedTensor]:
-        own = None
-        if executor is None and num_workers > 1 and len(jobs) > 1:
-            own = executor = cf.ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("spawn"))
-        try:
-            bar = progress_bar(total=len(jobs), desc=f"palettize ({self.algorithm})", unit="layer", enabled=progress)
-            with bar:
-                if executor is None:
-                    results = []
-                    for job in jobs:
-                        bar.set_postfix_str(job.name, refresh=False)
-                        results.append(_run_job(job, clusterer))
-                        bar.update()
-                    return results
-                futures = [executor.submit(_run_job, job, clusterer) for job in jobs]
-                for _ in cf.as_completed(futures):
-                    bar.update()
-                return [f.result() for f in futures]
-        finally:
-            if own is not None:
-                own.shutdown()
+        One dequantize in all: its result is both the new dense values and the report's input.
+        """
+        tensor = getattr(target.module, target.tensor_name)
+        original = tensor.detach()  # keeps the original values: the assignment below swaps the storage
+        record = self.finish_record(target, _with_dtype(record, original.dtype))
+        dense = record.dequantize().to(device=original.device, dtype=original.dtype)
+        row = layer_report(target.qualified_name, original, record, dense=dense)
+        for owner, pname in owners.get(id(tensor), []):
+            compressed.attach(owner, pname, record)
+        with torch.no_grad():
+            tensor.data = dense
+        compressed.attach(target.module, target.tensor_name, record)
+        return row
+
+    def _job(self, item: ResolvedTensor, seed: Optional[int]) -> "_Job":
+        weight = getattr(item.module, item.tensor_name).detach().cpu().float().numpy()
+        sw = self.sample_weight(item)
+        return _Job(item.qualified_name, weight, item.spec, None if sw is None else sw.detach().cpu().float().numpy(),
+                    seed)
 
     # ------------------------------------------------------------------ finalize / report
 
@@ -208,11 +249,13 @@ def _with_dtype(record: compressed.PalettizedTensor, dtype: torch.dtype) -> comp
     return record if record.dtype == dtype else attrs.evolve(record, dtype=dtype)
 
 
-def _owners(model: nn.Module, tensor: torch.Tensor) -> Iterable[tuple[str, nn.Module, str]]:
-    for name, module in model.named_modules(remove_duplicate=False):
+def _owners(model: nn.Module) -> dict[int, list[tuple[nn.Module, str]]]:
+    """Every (module, parameter name) holding each parameter, keyed by the parameter's id (tied weights)."""
+    owners: dict[int, list[tuple[nn.Module, str]]] = {}
+    for module in model.modules():
         for pname, p in module.named_parameters(recurse=False):
-            if p is tensor:
-                yield name, module, pname
+            owners.setdefault(id(p), []).append((module, pname))
+    return owners
 
 
 def _make_report(rows: list, before_bits: int, model: nn.Module) -> PalettizationReport:

@@ -15,12 +15,16 @@ from ..table import format_table
 
 @define(frozen=True)
 class LayerReport:
-    """One compressed tensor: name, shape, spec label, distinct values, sizes and weight SQNR (dB)."""
+    """One compressed tensor: name, shape, spec label, LUT values used, sizes and weight SQNR (dB).
+
+    ``lut_values``: distinct entries of its fullest LUT: ``2**n_bits`` unless the tensor
+    (or a channel group) had fewer distinct values, which are then kept exactly.
+    """
 
     name: str
     shape: tuple[int, ...]
     spec: str
-    unique_values: int
+    lut_values: int
     kib_before: float
     kib_after: float
     bpw: float
@@ -72,9 +76,9 @@ class PalettizationReport:
         return [asdict(row) for row in self.layers]
 
     def __str__(self) -> str:
-        rows = [(r.name, "x".join(map(str, r.shape)), r.spec, r.unique_values, r.kib_before, r.kib_after, r.bpw,
+        rows = [(r.name, "x".join(map(str, r.shape)), r.spec, r.lut_values, r.kib_before, r.kib_after, r.bpw,
                  r.sqnr_db) for r in self.layers]
-        table = format_table(["layer", "shape", "spec", "unique", "KiB before", "KiB after", "BPW", "SQNR dB"], rows,
+        table = format_table(["layer", "shape", "spec", "LUT values", "KiB before", "KiB after", "BPW", "SQNR dB"], rows,
                              align="lllrrrrr")
         t = self.totals()
         share = t["compressed_weights"] / t["model_weights"] if t["model_weights"] else 0.0
@@ -85,22 +89,49 @@ class PalettizationReport:
         return text if self.coverage is None else f"{text}\n{self.coverage.summary()}"
 
 
+_CHUNK = 1 << 22  # elements per step of the report's passes over a tensor
+
+
+def _flat_chunks(t: torch.Tensor):
+    flat = t.detach().reshape(-1)
+    return (flat[i:i + _CHUNK] for i in range(0, flat.numel(), _CHUNK))
+
+
 def sqnr_db(reference: torch.Tensor, approx: torch.Tensor) -> float:
-    """Signal-to-quantization-noise ratio in dB (inf when exact)."""
-    ref = reference.detach().double()
-    noise = (ref - approx.detach().to(ref.device).double()).pow(2).sum().item()  # records live on the CPU
-    signal = ref.pow(2).sum().item()
+    """Signal-to-quantization-noise ratio in dB (inf when exact).
+
+    Computed in float32 chunks (sums of chunk norms in float64): one pass, no float64
+    copy of either tensor. Compares on the reference's device.
+    """
+    signal = noise = 0.0
+    for ref, app in zip(_flat_chunks(reference), _flat_chunks(approx.to(reference.device))):
+        ref = ref.float()
+        signal += float(torch.linalg.vector_norm(ref)) ** 2
+        noise += float(torch.linalg.vector_norm(ref - app.float())) ** 2
     if noise == 0:
         return math.inf
     return 10 * math.log10(signal / noise) if signal > 0 else -math.inf
 
 
-def layer_report(name: str, original: torch.Tensor, record: Any, unique_values: Optional[int] = None) -> LayerReport:
-    """Build the report row of one compressed tensor."""
+def lut_values(record: Any) -> int:
+    """Distinct entries (rows of ``cluster_dim`` values) in the record's fullest LUT; reads only the LUTs."""
+    lut = record.lut.detach()  # (num_luts, k, d)
+    k = lut.shape[1]
+    earlier = torch.arange(k, device=lut.device)[:, None] > torch.arange(k, device=lut.device)[None, :]
+    repeats = ((lut[:, :, None, :] == lut[:, None, :, :]).all(-1) & earlier).any(-1)  # equals an earlier entry
+    return int((~repeats).sum(1).max())
+
+
+def layer_report(name: str, original: torch.Tensor, record: Any, dense: Optional[torch.Tensor] = None) -> LayerReport:
+    """Build the report row of one compressed tensor.
+
+    :param original: the tensor's values before compression.
+    :param record: its compressed record.
+    :param dense: ``record.dequantize()`` if the caller has it already (else computed).
+    """
     size = record_size(record)
-    if unique_values is None:
-        unique_values = int(torch.unique(original.detach().to(torch.float16)).numel())
+    dense = record.dequantize() if dense is None else dense
     return LayerReport(name=name, shape=tuple(original.shape), spec=record.spec.describe() if hasattr(
-        record.spec, "describe") else str(record.spec), unique_values=unique_values,
+        record.spec, "describe") else str(record.spec), lut_values=lut_values(record),
         kib_before=dense_size(original.shape, original.dtype).kib, kib_after=size.kib, bpw=size.bpw,
-        sqnr_db=sqnr_db(original, record.dequantize()))
+        sqnr_db=sqnr_db(original, dense))

@@ -24,6 +24,14 @@ def layout_axis(spec: PalettizationSpec) -> int:
     return gran.axis if isinstance(gran, PerGroupedChannelGranularity) else 0
 
 
+def all_finite(t: torch.Tensor) -> bool:
+    """True when ``t`` holds no NaN or infinity: one reduction (``aminmax``), no boolean copy of ``t``."""
+    if t.numel() == 0:
+        return True
+    lo, hi = t.detach().aminmax()
+    return bool(torch.isfinite(lo) & torch.isfinite(hi))
+
+
 def check_palettizable(shape: Sequence[int], spec: PalettizationSpec, name: str) -> None:
     """Raise :class:`CompressionError` naming ``name`` if ``spec`` cannot apply to a tensor of ``shape``."""
     axis = layout_axis(spec)
@@ -55,7 +63,7 @@ def palettize_tensor(weight: torch.Tensor, spec: PalettizationSpec, clusterer: C
     check_palettizable(shape, spec, name)
     axis, d, k = layout_axis(spec), spec.cluster_dim, spec.n_clusters
     w = weight.detach().to(device="cpu", dtype=torch.float32)
-    if not bool(torch.isfinite(w).all()):
+    if not all_finite(w):
         raise CompressionError(f"{name}: has NaN or infinite values; cannot palettize it")
     scale = None
     if spec.enable_per_channel_scale:
@@ -68,7 +76,8 @@ def palettize_tensor(weight: torch.Tensor, spec: PalettizationSpec, clusterer: C
     channels = shape[axis]
     group = spec.granularity.group_size if isinstance(spec.granularity, PerGroupedChannelGranularity) else channels
     rows = group // d
-    luts, indices = [], []
+    luts = []
+    idx = torch.empty(channels // d, math.prod(_rest_shape(shape, axis)), dtype=torch.uint8)  # k <= 256
     for g in range(channels // group):
         x = vectors[g * rows:(g + 1) * rows].reshape(-1, d)
         xw = None if sw is None else sw[g * rows:(g + 1) * rows].reshape(-1)
@@ -82,9 +91,10 @@ def palettize_tensor(weight: torch.Tensor, spec: PalettizationSpec, clusterer: C
             pad = centroids[-1:].expand(k - centroids.shape[0], d)
             centroids = torch.cat([centroids, pad])
         luts.append(centroids)
-        indices.append(labels.reshape(rows, -1).to(torch.uint8))  # k <= 256; uint8 before cat saves memory
+        idx[g * rows:(g + 1) * rows] = labels.reshape(rows, -1)
+        del labels
     lut = torch.stack(luts)  # (G, k, d)
-    idx = torch.cat(indices).reshape(channels // d, *_rest_shape(shape, axis)).movedim(0, axis)
+    idx = idx.reshape(channels // d, *_rest_shape(shape, axis)).movedim(0, axis)
     lut_quant = None
     if spec.lut_qspec is not None:
         lut, lut_quant = quantize_lut(lut, spec.lut_qspec)

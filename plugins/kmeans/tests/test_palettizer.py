@@ -142,7 +142,7 @@ def test_layers_with_few_distinct_values_are_kept_exactly(registry):
     palettizer, prepared = prepare(nn.Sequential(conv), config(PalettizationSpec(n_bits=2)), registry)
     assert torch.equal(prepared[0].weight, conv.weight)
     row = palettizer.report().layers[0]
-    assert row.unique_values == 4 and math.isinf(row.sqnr_db)
+    assert row.lut_values == 4 and math.isinf(row.sqnr_db)
 
 
 # --------------------------------------------------------------------------- spec fields
@@ -334,15 +334,17 @@ def test_progress_bar_can_be_switched(registry, capsys):
 def test_report_of_a_9408_weight_conv(n_bits, kib, total_bytes, registry):
     # ResNet50's conv1 (64x3x7x7 = 9408 fp32 weights): indices 9408*n/8 bytes + 2**n fp32 LUT entries
     model = nn.Sequential(seeded(nn.Conv2d(3, 64, 7, bias=False)))
-    palettizer, _ = prepare(model, config(PalettizationSpec(n_bits=n_bits)), registry)
+    palettizer, prepared = prepare(model, config(PalettizationSpec(n_bits=n_bits)), registry)
     report = palettizer.report()
     (row,) = report.layers
     assert row.name == "0.weight" and row.shape == (64, 3, 7, 7) and row.spec == f"{n_bits}-bit"
     assert row.kib_before == 9408 * 4 / 1024 == 36.75
     assert row.kib_after * 1024 == total_bytes and round(row.kib_after, 2) == kib
     assert row.bpw == total_bytes * 8 / 9408
-    assert row.unique_values == torch.unique(model[0].weight.detach().half()).numel()
-    assert 0 < row.sqnr_db < 60
+    assert row.lut_values == 2**n_bits
+    original, approx = model[0].weight.detach().double(), prepared[0].weight.detach().double()
+    expected_sqnr = 10 * math.log10(original.pow(2).sum() / (original - approx).pow(2).sum())
+    assert row.sqnr_db == pytest.approx(expected_sqnr, abs=1e-3) and 5 * n_bits < row.sqnr_db < 60
     totals = report.totals()
     assert totals["bpw_index"] == n_bits and totals["compressed_weights"] == 9408
     assert totals["model_mib_before"] == 36.75 / 1024 and totals["model_mib_after"] == total_bytes / 2**20
@@ -371,6 +373,6 @@ def test_report_totals_and_table_for_a_mixed_model(registry):
     assert totals["model_mib_before"] == ((2560 * 32) + biases) / 8 / 2**20
     assert totals["model_mib_after"] == (9216 + 1600 + biases) / 8 / 2**20
     text = str(report)
-    assert text.splitlines()[0].split() == ["layer", "shape", "spec", "unique", "KiB", "before", "KiB", "after",
+    assert text.splitlines()[0].split() == ["layer", "shape", "spec", "LUT", "values", "KiB", "before", "KiB", "after",
                                             "BPW", "SQNR", "dB"]
     assert "0.weight" in text and "32x64" in text and "BPW 3.600 index-only, 4.225 all-in" in text
