@@ -37,7 +37,7 @@ import bitsmith
 
 @bitsmith.hookimpl
 def cluster(register):
-    register("half_done", object())
+    register("half_done", lambda x, k, *, sample_weight=None, seed=None: (x[:k], None))
     raise RuntimeError("boom while registering")
 """
 
@@ -169,3 +169,57 @@ def test_torch_single_thread_fixture_runs_torch_on_one_thread(torch_single_threa
     import torch
 
     assert torch.get_num_threads() == 1
+
+
+NOT_A_METRIC = """
+import bitsmith
+
+def l1(reference, output):
+    return float((reference - output).abs().mean())
+
+@bitsmith.hookimpl
+def sensitivity_metric(register):
+    register("l1", l1)
+"""
+
+
+def test_metric_registered_as_a_function_is_refused_naming_plugin_and_name(fake_entry_point):
+    fake_entry_point("l1plugin", NOT_A_METRIC, dist="bitsmith-l1")
+    with pytest.warns(BitsmithPluginWarning, match="l1plugin"):
+        assert "l1" not in plugins.names("sensitivity_metric")
+    record = next(r for r in plugins.plugins() if r.name == "l1plugin")
+    assert record.registered == {}
+    assert record.error == (
+        "PluginError: sensitivity metric 'l1' of plugin 'l1plugin' (dist bitsmith-l1 0.0.1) does not satisfy "
+        "bitsmith.protocols.SensitivityMetric: a function is not a SensitivityMetric: register an instance with "
+        "higher_is_better, score, to_distortion, unit")
+    with pytest.raises(PluginError, match="plugin 'l1plugin' \\(dist bitsmith-l1 0.0.1\\) failed to load"):
+        plugins.get("sensitivity_metric", "l1")
+
+
+class _Backends:
+    def __init__(self, backend):
+        self.backend = backend
+
+    @bitsmith.hookimpl
+    def export_backend(self, register):
+        register("odd", self.backend)
+
+
+def test_non_conforming_backend_is_refused_with_every_problem():
+    class HalfFile:
+        description = "writes but has no suffix"
+
+        def finalize(self, model):
+            return model
+
+        def save(self, model, path):  # no example_inputs keyword
+            return path
+
+    registry = Registry(autoload=False)
+    with pytest.warns(BitsmithPluginWarning):
+        record = registry.register(_Backends(HalfFile()), name="half", dist="bitsmith-half")
+    assert "export backend 'odd' of plugin 'half'" in record.error
+    assert "a file backend needs both suffix and save" in record.error
+    assert "example_inputs" in record.error
+    assert registry.names("export_backend") == []

@@ -3,8 +3,9 @@
 A :class:`Registry` owns a pluggy ``PluginManager`` plus one table per registration
 hook (``cluster``, ``sensitivity_metric``, ...). Entry points of the ``bitsmith``
 group are loaded lazily, on the first lookup, each in its own try block: a plugin
-that fails to import, fails pluggy's validation, raises inside a hook or registers
-a name that is already taken is rolled back, recorded in :meth:`Registry.plugins`
+that fails to import, fails pluggy's validation, raises inside a hook, registers an
+implementation that does not satisfy its protocol (:func:`bitsmith.protocols.conformance`)
+or registers a name that is already taken is rolled back, recorded in :meth:`Registry.plugins`
 and warned about once; the core and the other plugins keep working.
 ``BITSMITH_STRICT_PLUGINS=1`` or ``Registry(strict=True)`` turns such failures into
 :class:`~bitsmith.errors.PluginError`.
@@ -26,7 +27,7 @@ from typing import Any, Generic, Iterable, Optional, TypeVar
 import pluggy
 from attrs import define, field
 
-from . import hookspecs
+from . import hookspecs, protocols
 from .errors import PluginError
 
 if sys.version_info >= (3, 12):
@@ -312,6 +313,11 @@ class _Collector:
             raise PluginError(f"{self._kind}: register({name!r}, None): implementation is None")
         if name in self._items:
             raise PluginError(f"{KIND_LABELS[self._kind]} {name!r} registered twice by {_describe(self._record)}")
+        problems = protocols.conformance(self._kind, implementation)
+        if problems:
+            raise PluginError(f"{KIND_LABELS[self._kind]} {name!r} of plugin {_describe(self._record)} does not "
+                              f"satisfy bitsmith.protocols.{protocols.PROTOCOLS[self._kind].__name__}: "
+                              + "; ".join(problems))
         self._items[name] = implementation
 
 

@@ -13,8 +13,12 @@ Installed with bitsmith (entry point ``pytest11``), so in any test session:
   afterwards); tiny models run fastest so, without OpenMP oversubscription on busy
   CI machines. Use it from an autouse fixture or ``pytest.mark.usefixtures``.
 
-Contract checks raise ``AssertionError`` with a reason: :func:`check_clusterer`,
-:func:`check_metric`, :func:`check_recipe_search`, :func:`check_export_backend`.
+Contract checks, one per hook kind, raise ``AssertionError`` with a reason:
+:func:`check_clusterer`, :func:`check_metric`, :func:`check_recipe_search`,
+:func:`check_export_backend`, :func:`check_palettizer`, :func:`check_quantizer`,
+:func:`check_observer`. Each first checks the structure the registry checks at
+registration (:func:`bitsmith.protocols.conformance`), then runs the implementation
+on small inputs.
 """
 
 from __future__ import annotations
@@ -114,6 +118,7 @@ def check_clusterer(clusterer: Any) -> None:
 
     import torch
 
+    _conforms("cluster", clusterer)
     gen = torch.Generator().manual_seed(0)
     for d in (1, 2):
         x = torch.randn(200, d, generator=gen)
@@ -133,11 +138,14 @@ def check_clusterer(clusterer: Any) -> None:
 
 
 def check_metric(metric: Any) -> None:
-    """Assert ``metric`` honours :class:`bitsmith.protocols.SensitivityMetric`."""
+    """Assert ``metric`` honours :class:`bitsmith.protocols.SensitivityMetric` (and ``InvertibleMetric`` if it claims to)."""
+    import math
+
     import torch
 
-    assert isinstance(metric.higher_is_better, bool), "higher_is_better must be a bool"
-    assert isinstance(metric.unit, str), "unit must be a string"
+    from bitsmith.protocols import InvertibleMetric
+
+    _conforms("sensitivity_metric", metric)
     gen = torch.Generator().manual_seed(0)
     ref = torch.randn(8, 10, generator=gen)
     close, far = ref + 0.01 * torch.randn(8, 10, generator=gen), ref + 0.5 * torch.randn(8, 10, generator=gen)
@@ -146,12 +154,18 @@ def check_metric(metric: Any) -> None:
     assert better, f"score does not rank a closer output better ({s_close} vs {s_far})"
     d_close, d_far = metric.to_distortion(s_close), metric.to_distortion(s_far)
     assert 0 <= d_close < d_far, f"to_distortion must be non-negative and grow with error ({d_close}, {d_far})"
+    if isinstance(metric, InvertibleMetric):
+        for score in (s_close, s_far):
+            back = metric.from_distortion(metric.to_distortion(score))
+            assert math.isclose(back, score, rel_tol=1e-6, abs_tol=1e-9), \
+                f"from_distortion does not invert to_distortion ({score} -> {back})"
 
 
 def check_recipe_search(search: Any) -> None:
     """Assert ``search`` honours :class:`bitsmith.protocols.RecipeSearch` (budget respected)."""
     from bitsmith.protocols import RecipeProblem
 
+    _conforms("recipe_search", search)
     problem = RecipeProblem(layers=["a", "b", "c"], costs=[[2, 4, 6], [2, 4, 6], [4, 8, 12]],
                             distortions=[[5.0, 1.0, 0.1], [3.0, 2.0, 1.5], [9.0, 1.0, 0.5]], budget=20)
     choice = list(search(problem))
@@ -160,16 +174,162 @@ def check_recipe_search(search: Any) -> None:
     assert problem.distortion(choice) <= problem.distortion([0, 0, 0]), "worse than the cheapest choice"
 
 
-def check_export_backend(backend: Any) -> None:
-    """Assert ``backend`` honours :class:`bitsmith.protocols.ExportBackendImpl` on a model with one record."""
+def check_export_backend(backend: Any, tmp_dir: Any = None) -> None:
+    """Assert ``backend`` honours :class:`bitsmith.protocols.ExportBackendImpl` on a model with one record.
+
+    A :class:`~bitsmith.protocols.FileExportBackend` also saves into ``tmp_dir`` (a
+    new temporary directory by default); a
+    :class:`~bitsmith.protocols.ReadableExportBackend` loads that file back with the
+    same outputs.
+    """
+    import copy
+    import tempfile
+
+    import torch
+
+    from bitsmith.protocols import FileExportBackend, ReadableExportBackend
+
+    _conforms("export_backend", backend)
+    model, x = _palettized_linear()
+    expected = model(x)
+    out = backend.finalize(copy.deepcopy(model))(x)
+    assert torch.allclose(out, expected, atol=1e-6), "finalized model output differs from the prepared model"
+    if not isinstance(backend, FileExportBackend):
+        return
+    with tempfile.TemporaryDirectory() as own:
+        path = Path(tmp_dir or own) / f"model{backend.suffix}"
+        written = Path(backend.save(backend.finalize(copy.deepcopy(model)), path, example_inputs=(x,)))
+        assert written.is_file() and written.stat().st_size > 0, f"save() wrote no file at {written}"
+        if isinstance(backend, ReadableExportBackend):
+            loaded = backend.load(written, lambda: torch.nn.Sequential(torch.nn.Linear(8, 4)))
+            assert torch.allclose(loaded(x), expected, atol=1e-6), "the loaded model's output differs"
+
+
+def check_palettizer(cls: Any, example_inputs: Any = None, *, registry: Any = None) -> None:
+    """Assert a palettizer class honours :class:`bitsmith.protocols.PalettizerFactory` on a small MLP.
+
+    ``prepare(example_inputs)`` must return a new model whose 4-bit per-tensor
+    weights carry palettized records (at most 16 distinct values) and leave the
+    original untouched; ``report()`` must work after it. A
+    :class:`~bitsmith.protocols.DataDrivenPalettizer` must start with
+    ``sensitivity is None`` and set it in ``compute_sensitivity(example_inputs)``.
+    """
+    import torch
+    from torch import nn
+
+    from bitsmith import compressed
+    from bitsmith.config import KMeansPalettizerConfig
+    from bitsmith.protocols import DataDrivenPalettizer, Palettizer, config_class_of, instantiate
+
+    _conforms("palettizer", cls)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    data = [torch.randn(4, 8) for _ in range(2)] if example_inputs is None else example_inputs
+    before = [p.detach().clone() for p in model.parameters()]
+    palettizer = instantiate(cls, model, config_class_of(cls, KMeansPalettizerConfig)(), registry)
+    assert isinstance(palettizer, Palettizer), "instances need prepare, finalize and report"
+    if isinstance(palettizer, DataDrivenPalettizer):
+        assert palettizer.sensitivity is None, "sensitivity must be None before compute_sensitivity()"
+        palettizer.compute_sensitivity(data)
+        assert palettizer.sensitivity is not None, "compute_sensitivity() must set sensitivity"
+    prepared = palettizer.prepare(data)
+    assert prepared is not model, "prepare() must return a copy unless asked to work in place"
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters())), "the original model was changed"
+    records = [r for *_, r in compressed.iter_records(prepared) if isinstance(r, compressed.PalettizedTensor)]
+    assert len(records) == 2, f"expected palettized records on both Linear weights, found {len(records)}"
+    for layer in (prepared[0], prepared[2]):
+        assert torch.unique(layer.weight).numel() <= 16, "a 4-bit layer has more than 16 distinct values"
+    palettizer.report()
+
+
+def check_quantizer(cls: Any, example_inputs: Any = None, *, registry: Any = None) -> None:
+    """Assert a quantizer class honours :class:`bitsmith.protocols.QuantizerFactory` on a small MLP.
+
+    ``prepare(example_inputs)`` must return a model that carries quantized-weight
+    records and still runs, in and out of ``calibration_mode()``, to finite outputs
+    close to the original's.
+    """
+    import torch
+    from torch import nn
+
+    from bitsmith import compressed
+    from bitsmith.config import QuantizerConfig
+    from bitsmith.protocols import Quantizer, config_class_of, instantiate
+
+    _conforms("quantizer", cls)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    x = torch.randn(16, 8) if example_inputs is None else example_inputs
+    expected = model(x)
+    quantizer = instantiate(cls, model, config_class_of(cls, QuantizerConfig)(), registry)
+    assert isinstance(quantizer, Quantizer), "instances need prepare, calibration_mode and finalize"
+    prepared = quantizer.prepare(x)
+    with quantizer.calibration_mode():
+        prepared(x)
+    out = prepared(x)
+    assert torch.isfinite(out).all(), "the prepared model gives non-finite outputs"
+    assert any(isinstance(r, compressed.QuantizedTensor) for *_, r in compressed.iter_records(prepared)), \
+        "prepare() attached no QuantizedTensor record"
+    error = float((out - expected).norm() / expected.norm())
+    assert error < 0.1, f"the quantized model is far from the original (relative error {error:.3f})"
+
+
+def check_observer(factory: Any) -> None:
+    """Assert an observer factory honours :class:`bitsmith.protocols.ObserverFactory` / ``Observer``.
+
+    A new observer raises ``RuntimeError`` from ``bounds()``; after observing it
+    returns ``(min, max)`` that contain every per-tensor and per-channel value seen.
+    """
+    import torch
+
+    from bitsmith.protocols import Observer
+
+    _conforms("observer", factory)
+    observer = factory()
+    assert isinstance(observer, Observer), "factory() must return an object with observe() and bounds()"
+    try:
+        observer.bounds()
+    except RuntimeError:
+        pass
+    else:
+        raise AssertionError("bounds() before any observe() must raise RuntimeError")
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 3, generator=gen)
+    observer.observe(x, (0, 1))
+    lo, hi = (torch.as_tensor(t) for t in observer.bounds())
+    assert float(lo.min()) <= float(x.min()) + 1e-6 and float(hi.max()) >= float(x.max()) - 1e-6, \
+        "per-tensor bounds do not cover the observed values"
+    channel = factory()
+    channel.observe(x, (0,))
+    lo, hi = (torch.as_tensor(t) for t in channel.bounds())
+    assert lo.shape == (3,) and hi.shape == (3,), f"per-channel bounds have shape {tuple(lo.shape)}, expected (3,)"
+    assert bool((lo <= x.min(0).values + 1e-6).all() and (hi >= x.max(0).values - 1e-6).all()), \
+        "per-channel bounds do not cover the observed values"
+
+
+CHECKS: dict[str, Callable[..., None]] = {
+    "cluster": check_clusterer, "sensitivity_metric": check_metric, "recipe_search": check_recipe_search,
+    "export_backend": check_export_backend, "palettizer": check_palettizer, "quantizer": check_quantizer,
+    "observer": check_observer,
+}
+"""The contract check of each hook kind."""
+
+
+def _conforms(kind: str, impl: Any) -> None:
+    from bitsmith.protocols import PROTOCOLS, conformance
+
+    problems = conformance(kind, impl)
+    assert not problems, f"does not satisfy bitsmith.protocols.{PROTOCOLS[kind].__name__}: " + "; ".join(problems)
+
+
+def _palettized_linear() -> tuple[Any, Any]:
+    """A one-Linear model carrying a 2-bit palettized record (a fixed quantile clusterer, no plugin needed)."""
     import torch
     from torch import nn
 
     from bitsmith import compressed
     from bitsmith.config import PalettizationSpec
     from bitsmith.palettization import palettize_tensor
-
-    assert isinstance(getattr(backend, "description", None), str), "backend needs a description string"
 
     def nearest(x: torch.Tensor, k: int, *, sample_weight=None, seed=None):
         centroids = torch.quantile(x[:, 0], torch.linspace(0, 1, k)).unique()[:, None]
@@ -179,7 +339,4 @@ def check_export_backend(backend: Any) -> None:
     model = nn.Sequential(nn.Linear(8, 4))
     record = palettize_tensor(model[0].weight, PalettizationSpec(n_bits=2), nearest)
     compressed.apply(model[0], "weight", record)
-    x = torch.randn(3, 8)
-    expected = model(x)
-    out = backend.finalize(model)(x)
-    assert torch.allclose(out, expected, atol=1e-6), "finalized model output differs from the prepared model"
+    return model, torch.randn(3, 8)

@@ -19,7 +19,7 @@ import cattrs
 import torch
 import yaml
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
-from cattrs.gen import make_dict_structure_fn
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
 from .. import safe_yaml
 from ..errors import ConfigError
@@ -29,11 +29,8 @@ from . import specs
 
 T = TypeVar("T")
 
-TOP_LEVEL_KEYS: dict[str, type] = {
-    "kmeans_palettization_config": pal.KMeansPalettizerConfig,
-    "quantization_config": quant.QuantizerConfig,
-}
-"""YAML top-level keys and the config class each one holds."""
+TOP_LEVEL_KEYS: dict[str, type] = {cls.yaml_key: cls for cls in (pal.KMeansPalettizerConfig, quant.QuantizerConfig)}
+"""The core's YAML top-level keys and the config class each one holds (plugins add theirs: :func:`config_sections`)."""
 
 
 class _FieldError(Exception):
@@ -83,7 +80,7 @@ def _attrs_hook_factory(cls: type):
         try:
             return inner(value, cls)
         except (ValueError, TypeError) as exc:
-            if isinstance(exc, (ClassValidationError, IterableValidationError, ForbiddenExtraKeysError)):
+            if isinstance(exc, (ClassValidationError, IterableValidationError, ForbiddenExtraKeysError, ConfigError)):
                 raise
             raise _FieldError(str(exc)) from exc
 
@@ -131,6 +128,9 @@ def _unstructure_quant_spec(spec: specs.QuantizationSpec) -> dict:
 
 
 converter.register_unstructure_hook(specs.QuantizationSpec, _unstructure_quant_spec)
+converter.register_unstructure_hook(pal.ModuleKMeansPalettizerConfig, make_dict_unstructure_fn(
+    pal.ModuleKMeansPalettizerConfig, converter, on_incompatible=override(omit_if_default=True),
+    algorithm=override(omit_if_default=True), options=override(omit_if_default=True)))
 
 
 # --------------------------------------------------------------------------- errors
@@ -157,12 +157,18 @@ def _error_lines(exc: BaseException, path: str) -> list[str]:
             where = f"{path}.{key}" if path else key
             out.append(f"{where}: unknown key{hint}; allowed keys: {', '.join(allowed)}")
         return out
-    message = str(exc)
+    if isinstance(exc, ConfigError):
+        return [line for sub in exc.lines for line in _prefixed(sub, path)]
     if isinstance(exc, KeyError) and exc.args:
         key = str(exc.args[0])
         if path.rsplit(".", 1)[-1] == key:  # cattrs already put the attribute name on the path
             return [f"{path}: required key is missing"]
         return [f"{path}.{key}: required key is missing" if path else f"{key}: required key is missing"]
+    return _prefixed(str(exc), path)
+
+
+def _prefixed(message: str, path: str) -> list[str]:
+    """``message`` (``field: text`` or plain text) under the dotted ``path``."""
     if ": " in message and " " not in message.split(": ", 1)[0]:
         head, rest = message.split(": ", 1)
         last = path.rsplit(".", 1)[-1] if path else ""
@@ -187,23 +193,56 @@ def to_dict(obj: Any) -> Any:
     return converter.unstructure(obj)
 
 
+def config_sections(registry: Any = None) -> dict[str, type]:
+    """Every YAML top-level key and its config class: the core's, then each registered palettizer's and quantizer's.
+
+    Plugins contribute sections through the registry: a palettizer or quantizer
+    class's ``config_class`` (:class:`bitsmith.protocols.Configurable`) and that
+    class's ``yaml_key``. Two classes claiming one
+    key is a :class:`ConfigError` naming both.
+    """
+    from .. import plugins
+    from ..protocols import config_class_of
+
+    registry = registry or plugins.default_registry()
+    sections = dict(TOP_LEVEL_KEYS)
+    base_key = {"palettizer": pal.KMeansPalettizerConfig.yaml_key, "quantizer": quant.QuantizerConfig.yaml_key}
+    for kind in ("palettizer", "quantizer"):
+        for name in registry.names(kind):
+            section = config_class_of(registry.get(kind, name), TOP_LEVEL_KEYS[base_key[kind]])
+            other = sections.setdefault(section.yaml_key, section)
+            if other is not section:
+                raise ConfigError(f"{section.yaml_key}: claimed by {other.__module__}.{other.__qualname__} and by "
+                                  f"{section.__module__}.{section.__qualname__} ({kind} {name!r})")
+    return sections
+
+
 def _detect(data: Any, cls: type | None) -> tuple[type, Any, str]:
-    if isinstance(data, dict) and len(data) == 1 and next(iter(data)) in TOP_LEVEL_KEYS:
+    if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data)), str):
         key = next(iter(data))
-        found = TOP_LEVEL_KEYS[key]
-        if cls is not None and cls is not found:
-            raise ConfigError(f"{key}: expected a {cls.__name__} document, found {found.__name__}")
-        return found, data[key], key
+        sections = TOP_LEVEL_KEYS if key in TOP_LEVEL_KEYS else config_sections()
+        if key in sections:
+            found = sections[key]
+            if cls is not None and not issubclass(found, cls):
+                raise ConfigError(f"{key}: expected a {cls.__name__} document, found {found.__name__}")
+            return found, data[key], key
     if cls is None:
-        keys = ", ".join(TOP_LEVEL_KEYS)
+        sections = config_sections()
         got = ", ".join(map(str, data)) if isinstance(data, dict) else repr(data)
-        raise ConfigError(f"top level: expected one of the keys {keys}; got {got}")
+        close = difflib.get_close_matches(got, sections, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"top level: expected one of the keys {', '.join(sections)}; got {got}{hint}")
     return cls, data, ""
 
 
 def from_yaml(text: str, cls: type[T] | None = None) -> T:
     """Parse YAML text (with or without its top-level key) into a config object."""
     data = safe_yaml.load(text, source="config")
+    return _from_document(data, cls)
+
+
+def _from_document(data: Any, cls: type[T] | None) -> T:
+    """A config from a document with or without its top-level key; errors carry the key."""
     found, body, key = _detect(data, cls)
     try:
         return from_dict(body, found)
@@ -214,11 +253,11 @@ def from_yaml(text: str, cls: type[T] | None = None) -> T:
 
 
 def top_level_key(cls: type) -> str:
-    """The YAML top-level key of a config class."""
-    for key, value in TOP_LEVEL_KEYS.items():
-        if value is cls:
-            return key
-    raise KeyError(cls)
+    """The YAML top-level key of a config class (its ``yaml_key``)."""
+    key = getattr(cls, "yaml_key", None)
+    if not isinstance(key, str):
+        raise TypeError(f"{cls.__name__} is not a top-level config class (it has no yaml_key)")
+    return key
 
 
 def to_yaml(obj: Any) -> str:
@@ -231,8 +270,7 @@ def load(source: Union[str, os.PathLike, dict, Any], cls: type[T] | None = None)
     if cls is not None and isinstance(source, cls):
         return source
     if isinstance(source, dict):
-        found, body, key = _detect(source, cls)
-        return from_dict(body, found)
+        return _from_document(source, cls)
     if isinstance(source, Path) or (isinstance(source, str) and "\n" not in source and source.endswith((".yaml", ".yml", ".json"))):
         path = Path(source)
         if not path.exists():

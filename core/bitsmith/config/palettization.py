@@ -8,10 +8,12 @@ Three classes mirror seed 003: ``KMeansPalettizerConfig`` (whole model),
 
 from __future__ import annotations
 
-from typing import ClassVar, Optional
+from typing import Any, ClassVar, Optional
 
+import attrs
 from attrs import define, field
 
+from . import algorithms as _algorithms
 from .module_types import type_keys_converter as _type_keys
 from .specs import PalettizationSpec, PerGroupedChannelGranularity, PerTensorGranularity, default_weight_palettization_spec
 
@@ -41,7 +43,6 @@ def _op_map(name):
             if cfg is not None and not isinstance(cfg, OpKMeansPalettizerConfig):
                 raise TypeError(f"{name}.{key}: expected an OpKMeansPalettizerConfig or None, got {cfg!r}")
     return check
-
 
 
 
@@ -112,6 +113,14 @@ class ModuleKMeansPalettizerConfig:
     the same bits fits). Unset (``None``): ``"error"`` for a layer named in
     ``module_name_configs``, ``"fallback"`` everywhere else. Every skipped or changed
     tensor is listed in the palettizer's report (``report().coverage``).
+
+    ``algorithm`` names the registered palettizer that compresses this scope
+    (``"kmeans"``, ``"sensitive_kmeans"``, ``"gptq"``, ``"dkm"``, a third-party one);
+    ``None`` leaves the choice to whoever applies the config. ``options`` are that
+    palettizer's own options (the options class of its ``config_class``, e.g.
+    ``SKMOptions``; a mapping is built into that class), ``None`` for its defaults.
+    Both are checked against the plugin registry when the config is built, and
+    honoured by :func:`bitsmith.palettization.palettize`.
     """
 
     presets: ClassVar[_ModulePresets] = _ModulePresets()
@@ -129,6 +138,11 @@ class ModuleKMeansPalettizerConfig:
         factory=dict, validator=_spec_map("module_state_spec")
     )
     on_incompatible: Optional[str] = field(default=None, validator=_on_incompatible)
+    algorithm: Optional[str] = field(default=None, validator=_algorithms.check_name)
+    options: Any = field(default=None)
+
+    def __attrs_post_init__(self) -> None:
+        self.options = _algorithms.build_options(self.algorithm, self.options)
 
 
 class _ConfigPresets:
@@ -182,6 +196,10 @@ class KMeansPalettizerConfig:
     """
 
     presets: ClassVar[_ConfigPresets] = _ConfigPresets()
+    yaml_key: ClassVar[str] = "kmeans_palettization_config"
+    """Top-level key of this class's YAML documents; a plugin's config class sets its own."""
+    options_field: ClassVar[Optional[str]] = None
+    """Name of the field holding the algorithm's own options (``"skm"``, ``"dkm"``), ``None`` if it has none."""
 
     global_config: Optional[ModuleKMeansPalettizerConfig] = field(default=UNSET, validator=_global)
     module_type_configs: dict[str, Optional[ModuleKMeansPalettizerConfig]] = field(
@@ -195,6 +213,58 @@ class KMeansPalettizerConfig:
         if self.global_config is UNSET:
             scoped = bool(self.module_type_configs or self.module_name_configs)
             self.global_config = None if scoped else ModuleKMeansPalettizerConfig()
+
+    @classmethod
+    def options_class(cls) -> Optional[type]:
+        """The attrs class of this config's algorithm options (the type of :attr:`options_field`), or ``None``."""
+        if cls.options_field is None:
+            return None
+        attrs.resolve_types(cls)
+        return attrs.fields_dict(cls)[cls.options_field].type
+
+    @classmethod
+    def from_specs(cls, config: "KMeansPalettizerConfig", options: Any = None) -> "KMeansPalettizerConfig":
+        """This class holding ``config``'s specs (its three scope fields) and ``options`` (``None``: defaults).
+
+        How a plain ``KMeansPalettizerConfig`` (a recipe's, or one scope of a mixed
+        config) becomes the config of a palettizer with options of its own.
+        """
+        kwargs: dict[str, Any] = {"global_config": config.global_config,
+                                  "module_type_configs": dict(config.module_type_configs),
+                                  "module_name_configs": dict(config.module_name_configs)}
+        if cls.options_field is not None:
+            if options is not None:
+                kwargs[cls.options_field] = options
+        elif options is not None:
+            raise ValueError(f"options: {cls.__name__} takes no algorithm options, got {options!r}")
+        return cls(**kwargs)
+
+    def scopes(self) -> list[tuple[str, ModuleKMeansPalettizerConfig]]:
+        """Every scope config with its dotted path (``global_config``, ``module_name_configs.fc``, ...)."""
+        out = [("global_config", self.global_config)] if isinstance(self.global_config,
+                                                                     ModuleKMeansPalettizerConfig) else []
+        for field_name in ("module_type_configs", "module_name_configs"):
+            out += [(f"{field_name}.{key}", cfg) for key, cfg in getattr(self, field_name).items() if cfg is not None]
+        return out
+
+    def algorithms(self) -> set[Optional[str]]:
+        """The algorithms the scopes name (``None`` for a scope that names none)."""
+        return {cfg.algorithm for _, cfg in self.scopes()}
+
+    def check_algorithm(self, algorithm: str) -> None:
+        """Raise :class:`ConfigError` naming the scope when a scope asks for another algorithm than ``algorithm``.
+
+        A palettizer class runs one algorithm; a config that names several is
+        applied with :func:`bitsmith.palettization.palettize`.
+        """
+        from ..errors import ConfigError
+
+        wrong = [f"{path}.algorithm: {cfg.algorithm!r} is not {algorithm!r}, the algorithm of this palettizer; "
+                 "apply a config that names several algorithms with bitsmith.palettization.palettize(model, config, "
+                 "calibration_data)" for path, cfg in self.scopes()
+                 if cfg.algorithm is not None and cfg.algorithm != algorithm]
+        if wrong:
+            raise ConfigError(wrong)
 
     def set_global(self, config: Optional[ModuleKMeansPalettizerConfig]) -> "KMeansPalettizerConfig":
         """Replace ``global_config``; returns ``self``."""

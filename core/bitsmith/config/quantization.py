@@ -150,6 +150,8 @@ class QuantizerConfig:
     """
 
     presets: ClassVar[_ConfigPresets] = _ConfigPresets()
+    yaml_key: ClassVar[str] = "quantization_config"
+    """Top-level key of this class's YAML documents; a plugin's config class sets its own."""
 
     global_config: Optional[ModuleQuantizerConfig] = field(default=UNSET, validator=_global)
     module_type_configs: dict[str, Optional[ModuleQuantizerConfig]] = field(

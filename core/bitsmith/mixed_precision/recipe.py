@@ -29,7 +29,8 @@ from torch import nn
 from .. import compressed, plugins
 from ..config import KMeansPalettizerConfig, ModuleKMeansPalettizerConfig, PalettizationSpec, from_dict, to_dict
 from ..errors import CompressionError, ConfigError
-from ..protocols import RecipeProblem
+from ..palettization.apply import palettize, split_by_algorithm, transplant_record
+from ..protocols import InvertibleMetric, RecipeProblem
 from ..table import format_number, format_table
 from .table import SensitivityTable, decode_float, encode_float, rows_by_layer
 
@@ -176,19 +177,18 @@ class Recipe:
     # ------------------------------------------------------------------ configs
 
     def to_config(self) -> KMeansPalettizerConfig:
-        """``KMeansPalettizerConfig`` with one ``module_name_configs`` entry per layer and ``global_config=None``.
+        """The config that reproduces the recipe: one ``module_name_configs`` entry per layer, ``global_config=None``.
 
-        The config carries specs only; when the recipe mixes palettizers, use
-        :meth:`to_configs` (or :func:`apply_recipe`) to keep each layer's algorithm.
+        Each entry names its layer's algorithm (``algorithm: gptq``), so
+        ``bitsmith.palettization.palettize(model, recipe.to_config(), calibration_data)``
+        gives the model :func:`apply_recipe` gives (bit for bit, with the same
+        calibration data); with one algorithm, that palettizer class applies it too.
         """
         return _config(self.layers)
 
     def to_configs(self) -> dict[str, KMeansPalettizerConfig]:
-        """One config per palettizer name (``{"kmeans": ..., "sensitive_kmeans": ...}``)."""
-        by: dict[str, list[RecipeLayer]] = {}
-        for entry in self.layers:
-            by.setdefault(entry.palettizer, []).append(entry)
-        return {name: _config(entries) for name, entries in by.items()}
+        """One plain (specs only) config per palettizer name (``{"kmeans": ..., "sensitive_kmeans": ...}``)."""
+        return {part.algorithm: part.config for part in split_by_algorithm(self.to_config())}
 
     # ------------------------------------------------------------------ saving
 
@@ -257,7 +257,8 @@ class Recipe:
 
 def _config(entries: list[RecipeLayer]) -> KMeansPalettizerConfig:
     return KMeansPalettizerConfig(global_config=None, module_name_configs={
-        e.layer: ModuleKMeansPalettizerConfig(op_state_spec={e.tensor: e.spec}) for e in entries})
+        e.layer: ModuleKMeansPalettizerConfig(op_state_spec={e.tensor: e.spec}, algorithm=e.palettizer)
+        for e in entries})
 
 
 # ---------------------------------------------------------------------- generate
@@ -332,8 +333,7 @@ def _predict(metric: str, distortion: float, registry: plugins.Registry) -> Opti
         impl = registry.get("sensitivity_metric", metric)
     except Exception:  # noqa: BLE001 - a table loaded without its metric plugin still makes recipes
         return None
-    inverse = getattr(impl, "from_distortion", None)
-    return float(inverse(distortion)) if callable(inverse) else None
+    return float(impl.from_distortion(distortion)) if isinstance(impl, InvertibleMetric) else None
 
 
 # ---------------------------------------------------------------------- apply
@@ -347,54 +347,33 @@ def apply_recipe(model: nn.Module, recipe: Recipe, *, table: Optional[Sensitivit
     With ``table`` (the one the recipe came from, still holding its records), each
     layer gets exactly the compressed tensor that was scored, with no clustering.
     Otherwise each palettizer named by the recipe clusters its layers from the
-    original weights (:meth:`Recipe.to_configs`). Every compressed tensor carries
-    its record (:mod:`bitsmith.compressed`), so sizes and export work as after any
-    palettizer's ``prepare()``. ``calibration_data`` is passed as ``example_inputs``
-    to palettizers that need data (sensitive k-means).
+    original weights (:func:`bitsmith.palettization.palettize` on :meth:`Recipe.to_config`).
+    Every compressed tensor carries its record (:mod:`bitsmith.compressed`), so sizes
+    and export work as after any palettizer's ``prepare()``. ``calibration_data`` is
+    passed as ``example_inputs`` to palettizers that need data (sensitive k-means, GPTQ).
     """
     registry = registry or plugins.default_registry()
     out = model if inplace else copy.deepcopy(model)
     modules = dict(out.named_modules())
-    missing = [e.layer for e in recipe.layers if e.layer not in modules]
+    missing = [e.layer for e in recipe.layers if e.layer not in modules]  # before any clustering
     if missing:
         raise CompressionError(f"recipe layers not in {type(model).__name__}: {', '.join(missing[:8])}")
     records = table.records if table is not None else {}
-    leftover: dict[str, list[RecipeLayer]] = {}
+    leftover: list[RecipeLayer] = []
     for entry in recipe.layers:
         rec = records.get((entry.layer, entry.candidate))
         if rec is None:
-            leftover.setdefault(entry.palettizer, []).append(entry)
+            leftover.append(entry)
             continue
-        _apply_record(out, modules[entry.layer], entry.tensor, rec)
-    for name, entries in leftover.items():
+        transplant_record(out, entry.layer, entry.tensor, rec)
+    if leftover:
         # cluster from the original weights (as the sensitivity stage did), then move the records over
-        cls = registry.get("palettizer", name)
-        config = _config(entries)
-        palettizer = cls(model, config, registry=registry) if _takes_registry(cls) else cls(model, config)
-        prepared = palettizer.prepare(calibration_data, progress=progress, executor=executor,
-                                      num_workers=num_workers)
-        for entry in entries:
+        prepared = palettize(model, _config(leftover), calibration_data, registry=registry, progress=progress,
+                             executor=executor, num_workers=num_workers)
+        for entry in leftover:
             rec = compressed.records(prepared.get_submodule(entry.layer)).get(entry.tensor)
             if not isinstance(rec, compressed.PalettizedTensor):
-                raise CompressionError(f"{entry.layer}.{entry.tensor}: palettizer {name!r} attached no palettized "
-                                       "record")
-            _apply_record(out, modules[entry.layer], entry.tensor, rec)
+                raise CompressionError(f"{entry.layer}.{entry.tensor}: palettizer {entry.palettizer!r} attached no "
+                                       "palettized record")
+            transplant_record(out, entry.layer, entry.tensor, rec)
     return out
-
-
-def _takes_registry(cls: Any) -> bool:
-    import inspect
-
-    try:
-        return "registry" in inspect.signature(cls).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def _apply_record(model: nn.Module, module: nn.Module, tensor: str, record: compressed.PalettizedTensor) -> None:
-    target = getattr(module, tensor)
-    for owner in model.modules():
-        for pname, p in owner.named_parameters(recurse=False):
-            if p is target and owner is not module:
-                compressed.attach(owner, pname, record)
-    compressed.apply(module, tensor, record)

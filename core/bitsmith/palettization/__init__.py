@@ -3,6 +3,7 @@
 ``KMeansPalettizer``, ``SKMPalettizer`` and ``DKMPalettizer`` are provided by plugins
 (bitsmith-kmeans, bitsmith-sensitive-kmeans, bitsmith-dkm) and resolved through the
 ``palettizer`` registry on first access, with an install hint when absent.
+:func:`palettize` applies a config whose scopes name different algorithms.
 """
 
 from ..config import (
@@ -14,6 +15,7 @@ from ..config import (
     PerTensorGranularity,
     default_weight_palettization_spec,
 )
+from .apply import palettize, split_by_algorithm
 from .base import Palettizer
 from .report import LayerReport, PalettizationReport
 from .tensor import palettize_tensor
@@ -37,5 +39,6 @@ __all__ = [
     "KMeansPalettizer", "SKMPalettizer", "DKMPalettizer", "Palettizer",
     "KMeansPalettizerConfig", "ModuleKMeansPalettizerConfig", "OpKMeansPalettizerConfig",
     "PalettizationSpec", "PerGroupedChannelGranularity", "PerTensorGranularity",
-    "default_weight_palettization_spec", "LayerReport", "PalettizationReport", "palettize_tensor",
+    "default_weight_palettization_spec", "LayerReport", "PalettizationReport", "palettize", "palettize_tensor",
+    "split_by_algorithm",
 ]

@@ -52,6 +52,7 @@ class Palettizer:
         self.config = self.config_class() if config is None else load(config, self.config_class)
         if not isinstance(self.config, self.config_class):
             raise ConfigError(f"config: expected a {self.config_class.__name__}, got {type(self.config).__name__}")
+        self.config.check_algorithm(self.algorithm)  # scopes naming another algorithm: bitsmith.palettization.palettize
         self.registry = registry or plugins.default_registry()
         self.prepared_model: Optional[nn.Module] = None
         self._report: Optional[PalettizationReport] = None

@@ -15,7 +15,7 @@ unknown keys and bad values fail with their dotted path, e.g.
 
 from __future__ import annotations
 
-import importlib
+from typing import ClassVar, Optional
 
 from attrs import define, field
 
@@ -93,14 +93,14 @@ class DKMPalettizerConfig(KMeansPalettizerConfig):
 
     dkm: DKMOptions = field(factory=DKMOptions)
 
+    yaml_key: ClassVar[str] = "dkm_palettization_config"
+    options_field: ClassVar[Optional[str]] = "dkm"
+
     @classmethod
     def from_kmeans_config(cls, config: KMeansPalettizerConfig, dkm: DKMOptions | None = None) -> "DKMPalettizerConfig":
-        """Wrap a plain ``KMeansPalettizerConfig`` (as the mixed-precision workflow passes) with DKM options."""
-        return cls(global_config=config.global_config, module_type_configs=dict(config.module_type_configs),
-                   module_name_configs=dict(config.module_name_configs), dkm=dkm or DKMOptions())
+        """Wrap a plain ``KMeansPalettizerConfig`` (as the mixed-precision workflow passes) with DKMOptions."""
+        return cls.from_specs(config, dkm)
 
 
-TOP_LEVEL_KEY = "dkm_palettization_config"
-"""YAML top-level key of :class:`DKMPalettizerConfig` documents (registered with the core converter)."""
-
-importlib.import_module("bitsmith.config.converter").TOP_LEVEL_KEYS.setdefault(TOP_LEVEL_KEY, DKMPalettizerConfig)
+TOP_LEVEL_KEY = DKMPalettizerConfig.yaml_key
+"""YAML top-level key of :class:`DKMPalettizerConfig` documents (found by the core through the palettizer registry)."""

@@ -7,8 +7,9 @@ column so that the error of the layer's *output* on calibration inputs is small
 """
 
 from .assign import assign_indices, inverse_hessian_factor, refit_scales
+from .config import GPTQOptions, GPTQPalettizerConfig
 from .palettizer import GPTQPalettizer
 from .stats import InputStats, LayerLayout, collect_input_stats, layer_layout
 
-__all__ = ["GPTQPalettizer", "InputStats", "LayerLayout", "assign_indices", "collect_input_stats",
-           "inverse_hessian_factor", "layer_layout", "refit_scales"]
+__all__ = ["GPTQOptions", "GPTQPalettizer", "GPTQPalettizerConfig", "InputStats", "LayerLayout", "assign_indices",
+           "collect_input_stats", "inverse_hessian_factor", "layer_layout", "refit_scales"]

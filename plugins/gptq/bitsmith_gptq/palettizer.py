@@ -26,7 +26,6 @@ says which and why.
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any, Iterable, Optional, Union
 
 import attrs
@@ -34,11 +33,13 @@ import torch
 from torch import nn
 
 from bitsmith import compressed
+from bitsmith.config import KMeansPalettizerConfig
 from bitsmith.errors import CompressionError
 from bitsmith.palettization import Palettizer
 from bitsmith.resolve import ResolvedTensor
 
 from .assign import assign_indices, inverse_hessian_factor, refit_scales
+from .config import GPTQPalettizerConfig
 from .stats import InputStats, collect_input_stats, layer_layout
 
 
@@ -46,7 +47,9 @@ class GPTQPalettizer(Palettizer):
     """Palettizer choosing LUT indices with GPTQ error compensation (LUTs from the ``"kmeans"`` clusterer).
 
     :param model: the model to compress.
-    :param config: a ``KMeansPalettizerConfig`` (dict, YAML path or ``None`` as for k-means).
+    :param config: a :class:`~bitsmith_gptq.config.GPTQPalettizerConfig` or a plain ``KMeansPalettizerConfig``
+        (wrapped with default options); dict, YAML path or ``None`` as for k-means. Keyword options
+        given here override the config's ``gptq`` options.
     :param registry: plugin registry (for the ``"kmeans"`` clusterer and export backends).
     :param damp: Hessian damping, as a fraction of the mean input second moment (default 0.01).
     :param shrinkage: pull ``H`` toward ``mean(diag H) * I`` by this fraction before
@@ -68,24 +71,22 @@ class GPTQPalettizer(Palettizer):
     """
 
     algorithm = "gptq"
+    config_class = GPTQPalettizerConfig
 
-    def __init__(self, model: nn.Module, config: Any = None, *, registry: Any = None, damp: float = 0.01,
-                 shrinkage: Union[str, float] = "auto", act_order: bool = True, refit_scales: bool = True,
-                 block_size: int = 128, weighted_luts: bool = True):
+    def __init__(self, model: nn.Module, config: Any = None, *, registry: Any = None, damp: Optional[float] = None,
+                 shrinkage: Union[str, float, None] = None, act_order: Optional[bool] = None,
+                 refit_scales: Optional[bool] = None, block_size: Optional[int] = None,
+                 weighted_luts: Optional[bool] = None):
+        if isinstance(config, KMeansPalettizerConfig) and not isinstance(config, GPTQPalettizerConfig):
+            config = GPTQPalettizerConfig.from_specs(config)
         super().__init__(model, config, registry=registry)
-        if isinstance(damp, bool) or not isinstance(damp, numbers.Real) or not 0 < damp <= 1:
-            raise ValueError(f"damp: expected a number in (0, 1], got {damp!r}")
-        if shrinkage != "auto" and (isinstance(shrinkage, bool) or not isinstance(shrinkage, numbers.Real)
-                                    or not 0 <= shrinkage <= 1):
-            raise ValueError(f"shrinkage: expected 'auto' or a number in [0, 1], got {shrinkage!r}")
-        for name, value in (("act_order", act_order), ("refit_scales", refit_scales), ("weighted_luts", weighted_luts)):
-            if not isinstance(value, bool):
-                raise TypeError(f"{name}: expected a bool, got {value!r}")
-        if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
-            raise ValueError(f"block_size: expected a positive integer, got {block_size!r}")
-        self.damp, self.act_order, self.refit, self.block_size = float(damp), act_order, refit_scales, block_size
-        self.weighted_luts = weighted_luts
-        self.shrinkage = shrinkage if shrinkage == "auto" else float(shrinkage)
+        given = {"damp": damp, "shrinkage": shrinkage, "act_order": act_order, "refit_scales": refit_scales,
+                 "block_size": block_size, "weighted_luts": weighted_luts}
+        options = attrs.evolve(self.config.gptq, **{k: v for k, v in given.items() if v is not None})
+        self.damp, self.act_order, self.refit, self.block_size = (float(options.damp), options.act_order,
+                                                                  options.refit_scales, options.block_size)
+        self.weighted_luts = options.weighted_luts
+        self.shrinkage = options.shrinkage if options.shrinkage == "auto" else float(options.shrinkage)
         self.sensitivity: Optional[InputStats] = None
         self.skipped: dict[str, str] = {}
 

@@ -71,6 +71,8 @@ class Quantizer:
     here, listing every offending field.
     """
 
+    config_class = QuantizerConfig
+
     def __init__(self, model: nn.Module, config: Any = None, *, registry: Optional[plugins.Registry] = None):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")

@@ -15,7 +15,7 @@ unknown keys and bad values fail with their dotted path, e.g.
 
 from __future__ import annotations
 
-import importlib
+from typing import ClassVar, Optional
 
 from attrs import define, field
 
@@ -66,14 +66,14 @@ class SKMPalettizerConfig(KMeansPalettizerConfig):
 
     skm: SKMOptions = field(factory=SKMOptions)
 
+    yaml_key: ClassVar[str] = "sensitive_kmeans_palettization_config"
+    options_field: ClassVar[Optional[str]] = "skm"
+
     @classmethod
     def from_kmeans_config(cls, config: KMeansPalettizerConfig, skm: SKMOptions | None = None) -> "SKMPalettizerConfig":
-        """Wrap a plain ``KMeansPalettizerConfig`` (as the mixed-precision workflow passes) with SKM options."""
-        return cls(global_config=config.global_config, module_type_configs=dict(config.module_type_configs),
-                   module_name_configs=dict(config.module_name_configs), skm=skm or SKMOptions())
+        """Wrap a plain ``KMeansPalettizerConfig`` (as the mixed-precision workflow passes) with SKMOptions."""
+        return cls.from_specs(config, skm)
 
 
-TOP_LEVEL_KEY = "sensitive_kmeans_palettization_config"
-"""YAML top-level key of :class:`SKMPalettizerConfig` documents (registered with the core converter)."""
-
-importlib.import_module("bitsmith.config.converter").TOP_LEVEL_KEYS.setdefault(TOP_LEVEL_KEY, SKMPalettizerConfig)
+TOP_LEVEL_KEY = SKMPalettizerConfig.yaml_key
+"""YAML top-level key of :class:`SKMPalettizerConfig` documents (found by the core through the palettizer registry)."""
