@@ -22,7 +22,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
-from bitsmith import compressed, export
+from bitsmith import atomic, compressed, export
 from bitsmith.compressed import ActivationQuant, PalettizedTensor, QuantizedTensor
 from bitsmith.errors import CompressionError, PluginError
 from bitsmith.loading import disable_activation_quant
@@ -118,14 +118,20 @@ class CoreMLBackend:
                               convert_to="mlprogram", minimum_deployment_target=target,
                               compute_precision=precision, skip_model_load=True)
 
-    def save(self, model: nn.Module, path: Union[str, Path], *, example_inputs: Any = None) -> Path:
-        """Convert and write an ``.mlpackage`` directory at ``path``; returns the path."""
-        mlmodel = self.convert(model, example_inputs)
+    def save(self, model: nn.Module, path: Union[str, Path], *, example_inputs: Any = None,
+             overwrite: bool = False) -> Path:
+        """Convert and write an ``.mlpackage`` directory at ``path``; returns the path.
+
+        The package is written beside ``path`` and renamed into place; an existing one is
+        replaced only with ``overwrite=True`` (checked before the conversion starts).
+        """
         path = Path(path)
         if path.suffix != self.suffix:
             path = path.with_suffix(self.suffix)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        mlmodel.save(str(path))
+        atomic.check_can_write(path, overwrite=overwrite)
+        mlmodel = self.convert(model, example_inputs)
+        with atomic.temp_path(path, overwrite=overwrite) as tmp:
+            mlmodel.save(str(tmp))
         return path
 
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from bitsmith import compressed, export
+from bitsmith import atomic, compressed, export
 from bitsmith.compressed import ActivationQuant, PalettizedTensor, QuantizedTensor
 from bitsmith.errors import CompressionError
 from bitsmith.loading import disable_activation_quant
@@ -42,13 +42,17 @@ class OnnxBackend:
 
     :param opset: ONNX opset; ``None`` picks the lowest that the records need
         (17; 19 for float8; 21 for int4 or blocked scales).
+    :param compact: give intermediate values short names and drop node names
+        (:func:`bitsmith_export_onnx.graph.compact`), so the file stays within a few
+        percent of :func:`bitsmith.sizes.model_size`; ``False`` keeps the exporter's names.
     """
 
     description = "ONNX graph: packed LUT indices + Gather, INT8 weights/activations via QuantizeLinear/DequantizeLinear"
     suffix = ".onnx"
 
-    def __init__(self, opset: Optional[int] = None):
+    def __init__(self, opset: Optional[int] = None, compact: bool = True):
         self.opset = opset
+        self.compact = compact
 
     # ------------------------------------------------------------------ finalize
 
@@ -96,20 +100,22 @@ class OnnxBackend:
 
     def save(self, model: nn.Module, path: Union[str, Path], *, example_inputs: Any = None,
              input_names: Optional[Sequence[str]] = None, output_names: Optional[Sequence[str]] = None,
-             dynamic_batch: bool = False) -> Path:
+             dynamic_batch: bool = False, overwrite: bool = False) -> Path:
         """Export ``model`` to ``path`` (``.onnx``); ``example_inputs`` (a tensor or tuple) is required.
 
         A model not yet finalized is finalized on a deep copy first. ``dynamic_batch``
-        marks dim 0 of every input and output as dynamic. Returns the path.
+        marks dim 0 of every input and output as dynamic. The file is written beside
+        ``path`` and renamed; an existing file is replaced only with ``overwrite=True``
+        (checked before the export starts). Returns the path.
         """
-        onnx_model = self.to_onnx(model, example_inputs, input_names=input_names, output_names=output_names,
-                                  dynamic_batch=dynamic_batch)
         import onnx
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        onnx.save(onnx_model, str(path))
-        return path
+        atomic.check_can_write(path, overwrite=overwrite)
+        onnx_model = self.to_onnx(model, example_inputs, input_names=input_names, output_names=output_names,
+                                  dynamic_batch=dynamic_batch)
+        with atomic.temp_path(path, overwrite=overwrite) as tmp:
+            onnx.save(onnx_model, str(tmp))
+        return Path(path)
 
     def to_onnx(self, model: nn.Module, example_inputs: Any, *, input_names: Optional[Sequence[str]] = None,
                 output_names: Optional[Sequence[str]] = None, dynamic_batch: bool = False) -> Any:
@@ -141,6 +147,8 @@ class OnnxBackend:
                               do_constant_folding=True)
         proto = onnx.load_from_string(buffer.getvalue())
         graph.replace_placeholders(proto, records)
+        if self.compact:
+            graph.compact(proto)
         if target > export_opset:
             _raise_opset(proto, target)
         onnx.checker.check_model(proto)

@@ -119,3 +119,35 @@ def test_mobilenet_v2_w8a8(tmp_path, capsys):
               f"rel err vs fp32: eager {eager_err:.3f}, ort {ort_err:.3f}; ort vs eager {rel(got, reference):.3f}; "
               f"top-1 ort=eager {(got.argmax(1) == reference.argmax(1)).mean():.2f}; "
               f"fp32 {fp32_bytes} B -> {size} B, {ratio:.2f}x (accounting {expected_ratio:.2f}x)")
+
+
+def _quantile_clusterer(x, k, *, sample_weight=None, seed=None):
+    """Quantile centroids, nearest assignment: a fast clusterer for a size check (fidelity is not the point)."""
+    centroids = torch.quantile(x[:, 0], torch.linspace(0, 1, k)).unique()[:, None]
+    return centroids, torch.cdist(x, centroids).argmin(1)
+
+
+def test_mobilenet_v2_2bit_file_matches_the_accounting(tmp_path, capsys):
+    """The graph that decompresses the weights costs little: the file is within 5% of ``sizes.model_size``."""
+    from bitsmith.config import PalettizationSpec
+    from bitsmith.palettization import palettize_tensor
+
+    model = zoo.load_mobilenet_v2()
+    x = zoo.image_crops(1, split="heldout")
+    fp32_bytes = _fp32_bytes(model, x)
+    for name, module in model.named_modules():
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+            record = palettize_tensor(module.weight, PalettizationSpec(n_bits=2), _quantile_clusterer, name=name)
+            compressed.apply(module, "weight", record)
+    path = OnnxBackend().save(model, tmp_path / "mnv2_2bit.onnx", example_inputs=x)
+    with torch.no_grad():
+        reference = model(x).numpy()
+    got = _run(path, x)
+    assert float(np.abs(got - reference).max()) <= 1e-5 * float(np.abs(reference).max())
+    accounted = sizes.model_size(model).total.bytes
+    size = path.stat().st_size
+    assert size <= 1.05 * accounted, (size, accounted)
+    assert fp32_bytes / size >= 0.95 * fp32_bytes / accounted
+    with capsys.disabled():
+        print(f"\n[onnx mnv2 2-bit] file {size} B, accounting {accounted:.0f} B ({100 * (size / accounted - 1):+.1f}%); "
+              f"fp32 {fp32_bytes} B: {fp32_bytes / size:.2f}x (accounting {fp32_bytes / accounted:.2f}x)")
