@@ -36,7 +36,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Mapping
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from attrs import define, field

@@ -19,7 +19,6 @@ nothing is done twice:
 from __future__ import annotations
 
 import concurrent.futures as cf
-import copy
 import math
 import multiprocessing
 import os
@@ -42,6 +41,7 @@ from ..sizes import dense_size, model_size, record_size
 from .cache import SensitivityCache, default_cache_dir, digest
 from .candidates import Candidate, CandidateLike, resolve_candidates
 from .engine import ENGINES, EvalTask, EvalUnit, UnitResult, check_blocks, eval_mode, run_unit, trace, warn_fallback
+from .executors import SharedScoring, submitter
 from .inputs import Batch, LayerInfo, default_output_fn, find_layers, hash_data, hash_weights, normalize_data, \
     run_batches
 from .table import SCHEMA_VERSION, SensitivityRow, SensitivityTable
@@ -332,22 +332,21 @@ def _score(model: nn.Module, infos: Sequence[LayerInfo], cands: Sequence[Candida
                       seconds=seconds, candidate=cands[ci].label)
         bar.update()
 
-    def unit(chunk: list[EvalTask], unit_model: nn.Module, threads: Optional[int]) -> EvalUnit:
-        return EvalUnit(model=unit_model, batches=batches, reference=reference, metric=metric, output_fn=output_fn,
-                        engine=engine, tasks=chunk, threads=threads, program=program)
-
     results: list[UnitResult] = []
     with bar:
         if executor is None:
-            results.append(run_unit(unit(tasks, model, None), emit))
+            results.append(run_unit(EvalUnit(model=model, batches=batches, reference=reference, metric=metric,
+                                             output_fn=output_fn, engine=engine, tasks=tasks, program=program),
+                                    emit))
         else:
             workers = _executor_workers(executor)
             threads = max(1, (os.cpu_count() or 1) // workers) if own_pool else None
-            chunks = _chunks(tasks, max(1, 2 * workers))
-            # each unit gets its own model copy: thread-based executors share memory with us
-            make = (lambda c: attrs.evolve(unit(c, copy.deepcopy(model), threads),
-                                           program=None if engine == "block" else program))
-            results += _run_pool(executor, chunks, make, workers + 1, emit)
+            shared = SharedScoring(model=model, batches=batches, reference=reference, metric=metric,
+                                   output_fn=output_fn, engine=engine,
+                                   program=None if engine == "block" else program,  # workers record their own
+                                   tensors=[(t.name, t.tensor) for t in tasks])
+            submit = submitter(executor, shared, threads)
+            results += _run_pool(submit, _chunks(tasks, max(1, 2 * workers)), workers + 1, emit)
     notes = list(dict.fromkeys(notes + [r.note for r in results if r.note]))
     for note in notes:
         if note not in quiet:
@@ -413,15 +412,15 @@ def _chunks(tasks: list[EvalTask], n: int) -> list[list[EvalTask]]:
     return chunks
 
 
-def _run_pool(executor: cf.Executor, chunks: list[list[EvalTask]], make: Callable[[list[EvalTask]], EvalUnit],
-              window: int, emit: Callable[[int, int, float, float], None]) -> list[UnitResult]:
-    """Run one unit per chunk, at most ``window`` in flight (bounds memory: units hold a model); emit as they finish."""
+def _run_pool(submit: Callable[[list[EvalTask]], cf.Future], chunks: list[list[EvalTask]], window: int,
+              emit: Callable[[int, int, float, float], None]) -> list[UnitResult]:
+    """Submit one unit per chunk, at most ``window`` in flight (bounds memory); emit scores as units finish."""
     pending = list(chunks)
     running: set[cf.Future] = set()
     results = []
     while pending or running:
         while pending and len(running) < window:
-            running.add(executor.submit(run_unit, make(pending.pop(0))))
+            running.add(submit(pending.pop(0)))
         done, running = cf.wait(running, return_when=cf.FIRST_COMPLETED)
         for future in done:
             result = future.result()
