@@ -15,8 +15,9 @@ Models (all returned in eval mode, on CPU):
   trained briefly on the sample photos and cached (with :func:`edsr_eval_pairs`,
   :func:`psnr`, :func:`evaluate_edsr`).
 
-Data: :func:`image_crops` (ImageNet-preprocessed crops, disjoint calibration and
-held-out photos), :func:`preprocess`, :func:`load_image`.
+Data: :func:`image_crops` (ImageNet-preprocessed crops; calibration photos disjoint
+from the held-out and the broad sixteen-photo evaluation split), :func:`crop_sources`,
+:func:`preprocess`, :func:`load_image`.
 
 Fidelity tasks (:mod:`bitsmith_zoo.fidelity`): :func:`mobilenet_v2_task`,
 :func:`minilm_task`, :func:`efficientnet_lite0_task` -- a model, calibration and
@@ -54,6 +55,8 @@ _EXPORTS: dict[str, str] = {
     "preprocess": "data",
     "load_image": "data",
     "normalize": "data",
+    "crop_sources": "data",
+    "BROAD_IMAGES": "data",
     "CALIBRATION_IMAGES": "data",
     "HELDOUT_IMAGES": "data",
     "IMAGENET_MEAN": "data",
@@ -63,6 +66,7 @@ _EXPORTS: dict[str, str] = {
     "mobilenet_v2_task": "fidelity",
     "minilm_task": "fidelity",
     "efficientnet_lite0_task": "fidelity",
+    "doc_paragraphs": "fidelity",
     # errors / paths
     "AssetMissingError": "_assets",
     "cache_dir": "_assets",
@@ -88,16 +92,19 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover - for static analysers only
     from bitsmith_zoo._assets import AssetMissingError, cache_dir
     from bitsmith_zoo.data import (
+        BROAD_IMAGES,
         CALIBRATION_IMAGES,
         HELDOUT_IMAGES,
         IMAGENET_MEAN,
         IMAGENET_STD,
+        crop_sources,
         image_crops,
         load_image,
         normalize,
         preprocess,
     )
     from bitsmith_zoo.edsr import EDSR, EDSRConfig, edsr_eval_pairs, evaluate_edsr, load_edsr, psnr, train_edsr
+    from bitsmith_zoo.fidelity import doc_paragraphs, efficientnet_lite0_task, minilm_task, mobilenet_v2_task
     from bitsmith_zoo.efficientnet_lite import EfficientNetLite, load_efficientnet_lite0
     from bitsmith_zoo.minilm import PARAPHRASE_PAIRS, SENTENCES, SentenceEncoder, load_minilm, sentence_split, tokenize
     from bitsmith_zoo.mobilenet_v2 import MobileNetV2, load_mobilenet_v2

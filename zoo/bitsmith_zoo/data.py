@@ -1,9 +1,11 @@
 """Offline real photos and ImageNet-style preprocessing.
 
 All images ship inside installed packages (scikit-image's bundled ``skimage.data``
-files and scikit-learn's ``load_sample_images``); nothing is downloaded.
+files, scikit-learn's ``load_sample_images`` and matplotlib's sample data); nothing
+is downloaded.
 
-Calibration and held-out crops come from **disjoint source images**:
+Calibration, held-out and broad crops come from **disjoint source images**
+(the broad split contains the held-out one; neither shares a photo with calibration):
 
 ============  ==========================================================
 split         source images
@@ -16,7 +18,17 @@ heldout       ``chelsea`` (skimage, the cat, 300x451), ``coffee`` (skimage,
               a cup of espresso, 400x600), ``flower`` (sklearn, 427x640),
               ``motorcycle`` (skimage ``stereo_motorcycle`` left view,
               500x741)
+broad         the four held-out photos and twelve more of other kinds:
+              people (``grace_hopper``, matplotlib, color; ``camera``,
+              the cameraman, grayscale), an animal silhouette (``horse``,
+              binary), objects (``gift``, matplotlib's present box; ``clock``
+              and ``coins``, grayscale), scenes (``moon``, grayscale;
+              ``retina``, a fundus photo; ``text``, grayscale print) and
+              textures (``brick``, ``grass``, ``gravel``, grayscale)
 ============  ==========================================================
+
+Grayscale and binary photos are converted to RGB by repeating the channel;
+photos with an alpha channel are composited over white.
 
 ``chelsea`` and ``coffee`` are held out so that classification sanity checks
 (cat / espresso) never see an image the calibration set was built from.
@@ -37,6 +49,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "BROAD_IMAGES",
     "CALIBRATION_IMAGES",
     "HELDOUT_IMAGES",
     "IMAGENET_MEAN",
@@ -44,6 +57,7 @@ __all__ = [
     "Normalization",
     "Split",
     "center_crop",
+    "crop_sources",
     "image_crops",
     "image_names",
     "load_image",
@@ -52,7 +66,7 @@ __all__ = [
     "resize_shorter",
 ]
 
-Split = Literal["calibration", "heldout"]
+Split = Literal["calibration", "heldout", "broad"]
 Normalization = Literal["imagenet", "inception", "none"]
 
 #: ImageNet channel mean (RGB, for pixels in [0, 1]); torchvision convention.
@@ -64,6 +78,9 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 CALIBRATION_IMAGES: tuple[str, ...] = ("astronaut", "rocket", "china", "hubble_deep_field", "immunohistochemistry")
 #: Source images of the held-out split.
 HELDOUT_IMAGES: tuple[str, ...] = ("chelsea", "coffee", "flower", "motorcycle")
+#: Source images of the broad evaluation split: the held-out photos and twelve of other kinds.
+BROAD_IMAGES: tuple[str, ...] = HELDOUT_IMAGES + (
+    "grace_hopper", "camera", "horse", "gift", "clock", "coins", "moon", "retina", "text", "brick", "grass", "gravel")
 
 
 def _skimage(name: str) -> Callable[[], np.ndarray]:
@@ -84,6 +101,17 @@ def _sklearn(filename: str) -> Callable[[], np.ndarray]:
     return load
 
 
+def _matplotlib(filename: str) -> Callable[[], np.ndarray]:
+    def load() -> np.ndarray:
+        import matplotlib.cbook
+        from PIL import Image
+
+        with matplotlib.cbook.get_sample_data(filename) as fh:
+            return np.asarray(Image.open(fh))
+
+    return load
+
+
 def _motorcycle() -> np.ndarray:
     import skimage.data
 
@@ -100,18 +128,24 @@ _LOADERS: dict[str, Callable[[], np.ndarray]] = {
     "motorcycle": _motorcycle,
     "china": _sklearn("china.jpg"),
     "flower": _sklearn("flower.jpg"),
+    "grace_hopper": _matplotlib("grace_hopper.jpg"),
+    "gift": _matplotlib("Minduka_Present_Blue_Pack.png"),
+    **{name: _skimage(name) for name in ("camera", "horse", "clock", "coins", "moon", "retina", "text", "brick",
+                                         "grass", "gravel")},
 }
 
 
 def image_names(split: Split | None = None) -> tuple[str, ...]:
     """Names accepted by :func:`load_image`; all of them, or those of one split."""
     if split is None:
-        return CALIBRATION_IMAGES + HELDOUT_IMAGES
+        return CALIBRATION_IMAGES + BROAD_IMAGES
     if split == "calibration":
         return CALIBRATION_IMAGES
     if split == "heldout":
         return HELDOUT_IMAGES
-    raise ValueError(f"split must be 'calibration' or 'heldout', got {split!r}")
+    if split == "broad":
+        return BROAD_IMAGES
+    raise ValueError(f"split must be 'calibration', 'heldout' or 'broad', got {split!r}")
 
 
 @lru_cache(maxsize=None)
@@ -127,8 +161,21 @@ def _load_uint8(name: str) -> torch.Tensor:
             f"loading sample image {name!r} needs scikit-image and scikit-learn: "
             "pip install 'bitsmith-zoo[images]'"
         ) from exc
-    arr = np.array(arr[..., :3], dtype=np.uint8, copy=True)
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(_to_rgb_uint8(np.asarray(arr))).permute(2, 0, 1).contiguous()
+
+
+def _to_rgb_uint8(arr: np.ndarray) -> np.ndarray:
+    """``(H, W, 3)`` uint8 from a grayscale, binary, RGB or RGBA (composited over white) array."""
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8) * 255
+    if arr.dtype != np.uint8:
+        raise ValueError(f"sample image: expected uint8 or bool pixels, got {arr.dtype}")
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=2)
+    if arr.shape[2] == 4:
+        alpha = arr[..., 3:].astype(np.float32) / 255.0
+        arr = np.rint(arr[..., :3] * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
+    return np.array(arr[..., :3], dtype=np.uint8, copy=True)
 
 
 def load_image(name: str) -> torch.Tensor:
@@ -237,14 +284,15 @@ def image_crops(
     evaluation view (shorter side to ``size * 8/7``, center crop). The rest are
     random-resized crops (10-100% of the image area, aspect ratio 3/4..4/3, random
     position, horizontal flip with probability 1/2), cycling through the split's
-    images. Calibration and held-out crops come from disjoint source images
-    (:data:`CALIBRATION_IMAGES`, :data:`HELDOUT_IMAGES`). The result depends only
+    images (:func:`crop_sources` names the photo of each crop). Calibration crops
+    come from source images disjoint from the held-out and broad ones
+    (:data:`CALIBRATION_IMAGES`, :data:`HELDOUT_IMAGES`, :data:`BROAD_IMAGES`). The result depends only
     on ``(n, split, size, seed, normalization)``; a larger ``n`` extends a smaller
     one (``image_crops(64)[:32] == image_crops(32)``).
 
     Args:
         n: number of crops (any positive number; images are reused at new views).
-        split: ``"calibration"`` or ``"heldout"``.
+        split: ``"calibration"``, ``"heldout"`` or ``"broad"``.
         size: crop side in pixels.
         seed: seed of the crop geometry.
         normalization: see :func:`normalize`.
@@ -256,7 +304,7 @@ def image_crops(
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     out = torch.empty(n, 3, size, size)
-    split_salt = 0 if split == "calibration" else 1
+    split_salt = {"calibration": 0, "heldout": 1, "broad": 2}[split]
     for i in range(n):
         img = load_image(names[i % len(names)])
         if i < len(names):
@@ -266,3 +314,9 @@ def image_crops(
             crop = _random_crop(img, size, gen)
         out[i] = normalize(crop, normalization)
     return out
+
+
+def crop_sources(n: int, split: Split = "calibration") -> tuple[str, ...]:
+    """The source photo of each of the ``n`` crops :func:`image_crops` returns for ``split``."""
+    names = image_names(split)
+    return tuple(names[i % len(names)] for i in range(n))
