@@ -135,3 +135,16 @@ def test_local_engine_holds_layers_in_groups_under_a_budget(resnetish, images):
     assert len(calls) == 2 * 2 + 2 * (1 + 4)  # every layer is its own group
     scores = [s[:3] for s in one_group]
     assert scores == [s[:3] for s in small] and len(scores) == 1
+
+
+def test_device_argument(resnetish, images, registry):
+    from bitsmith.errors import ConfigError
+
+    default = compute_sensitivity(resnetish, images, [2], cache_dir=None, registry=registry)
+    on_cpu = compute_sensitivity(resnetish, images, [2], cache_dir=None, registry=registry, device="cpu")
+    assert _rows(on_cpu) == _rows(default)  # the weights' device is the default
+    with pytest.raises(ConfigError, match="device: 'gpu0' is not a torch device"):
+        compute_sensitivity(resnetish, images, [2], cache_dir=None, registry=registry, device="gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match=r"device: 'cuda' asked for, but torch.cuda.is_available\(\) is False"):
+            compute_sensitivity(resnetish, images, [2], cache_dir=None, registry=registry, device="cuda")

@@ -29,7 +29,7 @@ from ..errors import ConfigError
 from ..resolve import palettizable_modules
 
 __all__ = ["Batch", "LayerInfo", "default_output_fn", "find_layers", "hash_data", "hash_weights", "normalize_data",
-           "run_batches"]
+           "run_batches", "to_device", "weights_device"]
 
 Batch = tuple[tuple[Any, ...], dict[str, Any]]
 """One batch as ``(args, kwargs)``."""
@@ -140,6 +140,25 @@ def normalize_data(data: Any) -> list[Batch]:
     if not batches:
         raise ConfigError("data: no batches")
     return batches
+
+
+def weights_device(model: nn.Module) -> Optional[torch.device]:
+    """The one device holding all of ``model``'s parameters and buffers; ``None`` if none or several."""
+    devices = {t.device for t in model.parameters()} | {t.device for t in model.buffers()}
+    return devices.pop() if len(devices) == 1 else None
+
+
+def to_device(value: Any, device: torch.device) -> Any:
+    """``value`` (a batch, or anything inside one) with every tensor moved to ``device``."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, tuple):
+        return tuple(to_device(v, device) for v in value)
+    if isinstance(value, list):
+        return [to_device(v, device) for v in value]
+    if isinstance(value, Mapping):
+        return {k: to_device(v, device) for k, v in value.items()}
+    return value
 
 
 def default_output_fn(output: Any) -> torch.Tensor:

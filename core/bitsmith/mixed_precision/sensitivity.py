@@ -19,6 +19,7 @@ nothing is done twice:
 from __future__ import annotations
 
 import concurrent.futures as cf
+import copy
 import math
 import multiprocessing
 import os
@@ -43,7 +44,7 @@ from .candidates import Candidate, CandidateLike, resolve_candidates
 from .engine import ENGINES, EvalTask, EvalUnit, UnitResult, check_blocks, eval_mode, run_unit, trace, warn_fallback
 from .executors import SharedScoring, submitter
 from .inputs import Batch, LayerInfo, default_output_fn, find_layers, hash_data, hash_weights, normalize_data, \
-    run_batches
+    run_batches, to_device, weights_device
 from .table import SCHEMA_VERSION, SensitivityRow, SensitivityTable
 
 __all__ = ["compute_sensitivity"]
@@ -58,7 +59,8 @@ def compute_sensitivity(model: nn.Module, data: Any, candidates: Optional[Iterab
                         cache_dir: Any = _DEFAULT, executor: Optional[cf.Executor] = None, num_workers: int = 1,
                         progress: Optional[bool] = None, engine: str = "auto",
                         palettizers: Optional[Mapping[str, Any]] = None, calibration_data: Any = None,
-                        registry: Optional[plugins.Registry] = None) -> SensitivityTable:
+                        registry: Optional[plugins.Registry] = None,
+                        device: Union[None, str, torch.device] = None) -> SensitivityTable:
     """Score every (layer, candidate) pair of ``model`` on ``data``; returns a :class:`SensitivityTable`.
 
     :param model: the uncompressed model (it is run in eval mode and left unchanged).
@@ -90,6 +92,10 @@ def compute_sensitivity(model: nn.Module, data: Any, candidates: Optional[Iterab
         ``compute_sensitivity(data)`` method, like ``SKMPalettizer`` and ``GPTQPalettizer``);
         default ``data``. Part of the cache key when given.
     :param registry: plugin registry (default: the process-wide one).
+    :param device: where the model is run for scoring (``"cuda"``, ``"cpu"``, ...);
+        default: the device of the model's weights. A model elsewhere is copied there
+        for this call (``model`` itself is not moved); batches are moved there. Scores
+        from a device other than the CPU key their own cache entries.
     """
     started = time.perf_counter()
     registry = registry or plugins.default_registry()
@@ -108,7 +114,9 @@ def compute_sensitivity(model: nn.Module, data: Any, candidates: Optional[Iterab
     if not infos:
         raise CompressionError(f"{type(model).__name__} has no palettizable layer to score")
     applicable = _applicability(infos, cands)
-    batches = normalize_data(data)
+    scorer, device_key = _placed(model, device)
+    batches = [to_device(b, device_key) for b in normalize_data(data)] if device_key is not None \
+        else normalize_data(data)
     output_fn = output_fn or default_output_fn
 
     # separate calibration data is read once (a generator is not consumed twice) and keys the cache:
@@ -117,7 +125,8 @@ def compute_sensitivity(model: nn.Module, data: Any, candidates: Optional[Iterab
     run_key = digest(SCHEMA_VERSION, hash_weights(model), hash_data(batches), metric_name,
                      _version(registry, "sensitivity_metric", metric_name), repr(metric_impl),
                      getattr(output_fn, "__module__", ""), getattr(output_fn, "__qualname__", repr(output_fn)),
-                     *([] if calibration is None else ["calibration", hash_data(calibration)]))
+                     *([] if calibration is None else ["calibration", hash_data(calibration)]),
+                     *([] if device_key is None or device_key.type == "cpu" else ["device", device_key.type]))
     root = default_cache_dir() if cache_dir is _DEFAULT else cache_dir
     cache = SensitivityCache(root, run_key, {"schema_version": SCHEMA_VERSION, "model": type(model).__qualname__,
                                              "metric": metric_name, "batches": len(batches)})
@@ -127,9 +136,9 @@ def compute_sensitivity(model: nn.Module, data: Any, candidates: Optional[Iterab
     if executor is None and num_workers > 1:  # one pool for clustering and scoring
         own_pool = executor = cf.ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("spawn"))
     try:
-        with eval_mode(model):
+        with eval_mode(scorer):
             t0 = time.perf_counter()
-            reference = run_batches(model, batches, output_fn)
+            reference = run_batches(scorer, batches, output_fn)
             baseline_s = time.perf_counter() - t0
 
             t0 = time.perf_counter()
@@ -141,7 +150,7 @@ def compute_sensitivity(model: nn.Module, data: Any, candidates: Optional[Iterab
             t0 = time.perf_counter()
             todo = [(li, ci) for li, info in enumerate(infos) for ci in applicable[li]
                     if cache.row(info.name, cache.pair_key(info.name, pair_keys[cands[ci].label])) is None]
-            engine_used, notes = _score(model, infos, cands, todo, records, batches, reference, metric_impl,
+            engine_used, notes = _score(scorer, infos, cands, todo, records, batches, reference, metric_impl,
                                         output_fn, engine, cache, pair_keys, executor,
                                         own_pool is not None, progress)
             score_s = time.perf_counter() - t0
@@ -174,6 +183,22 @@ def compute_sensitivity(model: nn.Module, data: Any, candidates: Optional[Iterab
 
 
 # ---------------------------------------------------------------------- checks
+
+
+def _placed(model: nn.Module, device: Union[None, str, torch.device]) -> tuple[nn.Module, Optional[torch.device]]:
+    """The model that scores (``model``, or a copy on ``device``) and its device (``None``: spread over several)."""
+    home = weights_device(model)
+    if device is None:
+        return model, home
+    try:
+        target = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"device: {device!r} is not a torch device ({exc})") from None
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device: {device!r} asked for, but torch.cuda.is_available() is False")
+    if home is not None and home.type == target.type and (target.index is None or home.index == target.index):
+        return model, home
+    return copy.deepcopy(model).to(target), target
 
 
 def _resolve_metric(metric: Any, registry: plugins.Registry) -> tuple[str, Any]:
