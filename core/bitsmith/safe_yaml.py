@@ -28,7 +28,7 @@ from attrs import define
 
 from .errors import ConfigError
 
-__all__ = ["DEFAULT_LIMITS", "YamlLimits", "load", "load_file", "short"]
+__all__ = ["DEFAULT_LIMITS", "YamlLimits", "load", "load_file", "read_text", "short"]
 
 
 @define(frozen=True, kw_only=True)
@@ -183,10 +183,10 @@ def load(text: Union[str, bytes], *, source: str = "<string>", limits: YamlLimit
         loader.dispose()
 
 
-def load_file(path: Union[str, os.PathLike[str]], *, limits: YamlLimits = DEFAULT_LIMITS) -> Any:
-    """Read and :func:`load` the YAML/JSON file at ``path``; its size is checked before it is read.
+def read_text(path: Union[str, os.PathLike[str]], *, limits: YamlLimits = DEFAULT_LIMITS) -> str:
+    """The UTF-8 text of the file at ``path``, its size checked against ``limits`` before it is read.
 
-    :raises ConfigError: the file is missing, unreadable, too large, not UTF-8 or not valid YAML.
+    :raises ConfigError: the file is missing, unreadable, too large or not UTF-8.
     """
     path = Path(path)
     try:
@@ -202,4 +202,14 @@ def load_file(path: Union[str, os.PathLike[str]], *, limits: YamlLimits = DEFAUL
         raise ConfigError(f"{path}: is a folder, not a YAML file") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    return load(data, source=str(path), limits=limits)
+    if len(data) > limits.max_bytes:  # grew while being read
+        raise ConfigError(f"{path}: larger than the {limits.max_bytes}-byte limit for YAML input")
+    return _decode(data, str(path))
+
+
+def load_file(path: Union[str, os.PathLike[str]], *, limits: YamlLimits = DEFAULT_LIMITS) -> Any:
+    """Read and :func:`load` the YAML/JSON file at ``path`` (see :func:`read_text` for the checks).
+
+    :raises ConfigError: the file is missing, unreadable, too large, not UTF-8 or not valid YAML.
+    """
+    return load(read_text(path, limits=limits), source=str(path), limits=limits)

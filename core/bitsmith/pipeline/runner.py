@@ -118,6 +118,22 @@ def _check_outputs(config: PipelineConfig, registry: plugins.Registry, out_dir: 
         raise ConfigError(errors)
 
 
+def _check_targets(config: PipelineConfig, model: nn.Module) -> None:
+    """Refuse mixed-precision targets below the smallest recipe before any data is loaded or scored."""
+    from ..mixed_precision.targets import check_target
+
+    errors = []
+    for index, step in enumerate(config.steps):
+        if isinstance(step, MixedPrecisionStep):
+            try:
+                check_target(model, step.candidates, target_bpw=step.target_bpw, target_size=step.target_size,
+                             layers=step.layers, where=f"steps.{index}.")
+            except ConfigError as exc:
+                errors += exc.lines
+    if errors:
+        raise ConfigError(errors)
+
+
 @define
 class _State:
     """What the steps of one run share: the current model and compressor, data, output folder, options."""
@@ -139,6 +155,7 @@ def _run(model: Any, config: PipelineConfig, data: Any, out_dir: Path, registry:
          progress: Optional[bool], echo: Echo, overwrite: bool) -> PipelineResult:
     started = time.perf_counter()
     model = _build_model(model, config)
+    _check_targets(config, model)
     raw, batches = _load_data(data, config)
     out_dir.mkdir(parents=True, exist_ok=True)
     example = batches[0] if batches else None
