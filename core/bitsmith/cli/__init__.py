@@ -53,11 +53,12 @@ def configure_logging(verbosity: int) -> None:
     """Send the ``bitsmith`` logger to stderr: WARNING by default, INFO with ``-v``, DEBUG with ``-vv``."""
     logger = logging.getLogger("bitsmith")
     logger.setLevel(logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG)
-    if not any(getattr(h, "_bitsmith_cli", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("bitsmith: %(levelname)s: %(name)s: %(message)s"))
-        handler._bitsmith_cli = True  # type: ignore[attr-defined]
-        logger.addHandler(handler)
+    for old in [h for h in logger.handlers if getattr(h, "_bitsmith_cli", False)]:
+        logger.removeHandler(old)  # main() called again (tests, embedding): write to the current stderr
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("bitsmith: %(levelname)s: %(name)s: %(message)s"))
+    handler._bitsmith_cli = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
 
 
 def report_user_error(exc: BaseException) -> None:

@@ -21,6 +21,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output-dir", help="output folder (default: the file's output_dir, else artifacts/<stem>)")
     p.add_argument("--check", action="store_true", help="only validate the file against the installed plugins")
     p.add_argument("--overwrite", action="store_true", help="replace files an earlier run left in the output folder")
+    p.add_argument("--strict", action="store_true",
+                   help="config keys (module names, regexes, types) that match no module are errors, not warnings")
     p.add_argument("--path", action="append", default=[], metavar="DIR",
                    help="also import model/data modules from DIR (appended after the installed packages; "
                         "repeatable); nothing else is added to sys.path")
@@ -48,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
             return 0
         echo = (lambda _line: None) if args.quiet or args.json else (lambda line: print(line, flush=True))
         result = compress(None, args.pipeline, output_dir=args.output_dir, progress=False if args.no_progress else None,
-                          echo=echo, overwrite=args.overwrite)
+                          echo=echo, overwrite=args.overwrite, strict=args.strict)
     if args.json:
         print(json.dumps(result.report.to_dict(), indent=2))
     else:

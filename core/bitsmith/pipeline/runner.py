@@ -72,7 +72,8 @@ def _quiet(_: str) -> None:
 def compress(model: Union[nn.Module, Callable[[], nn.Module], str, None],
              config: Union[PipelineConfig, dict, str, os.PathLike], *, data: Any = None,
              output_dir: Union[str, os.PathLike, None] = None, registry: Optional[plugins.Registry] = None,
-             progress: Optional[bool] = None, echo: Optional[Echo] = None, overwrite: bool = False) -> PipelineResult:
+             progress: Optional[bool] = None, echo: Optional[Echo] = None, overwrite: bool = False,
+             strict: bool = False) -> PipelineResult:
     """Compress ``model`` as the pipeline ``config`` says; returns a :class:`PipelineResult`.
 
     :param model: the uncompressed model (left unchanged), a factory callable, a
@@ -87,8 +88,9 @@ def compress(model: Union[nn.Module, Callable[[], nn.Module], str, None],
     :param progress: progress bars of the steps (default: when stderr is a terminal).
     :param echo: receives one progress line per step (``print`` for the CLI); silent by default.
     :param overwrite: replace files left in ``output_dir`` by an earlier run; without
-        it an existing file is refused (:class:`~bitsmith.atomic.OverwriteError`)
-        before any model work.
+        it an existing file is refused before any model work.
+    :param strict: config keys (module names, regexes, types) that match no module
+        of the model are errors instead of warnings.
     """
     registry = registry or plugins.default_registry()
     stem = Path(config).stem if isinstance(config, (str, os.PathLike)) and str(config).endswith(
@@ -98,7 +100,7 @@ def compress(model: Union[nn.Module, Callable[[], nn.Module], str, None],
         _validate_with_inputs(config, registry, has_data=data is not None)
         out_dir = Path(output_dir if output_dir is not None else config.output_dir or f"artifacts/{stem}")
         _check_outputs(config, registry, out_dir, overwrite)
-        return _run(model, config, data, out_dir, registry, progress, echo or _quiet, overwrite)
+        return _run(model, config, data, out_dir, registry, progress, echo or _quiet, overwrite, strict)
 
 
 def _check_outputs(config: PipelineConfig, registry: plugins.Registry, out_dir: Path, overwrite: bool) -> None:
@@ -118,11 +120,16 @@ def _check_outputs(config: PipelineConfig, registry: plugins.Registry, out_dir: 
         raise ConfigError(errors)
 
 
-def _check_targets(config: PipelineConfig, model: nn.Module) -> None:
-    """Refuse mixed-precision targets below the smallest recipe before any data is loaded or scored."""
+def _preflight(config: PipelineConfig, model: nn.Module, registry: plugins.Registry, strict: bool) -> None:
+    """Checks that need the model, before any data is loaded or any step runs; one ConfigError lists all.
+
+    Mixed-precision targets below the smallest recipe are errors. Config keys
+    (``module_name_configs``/``module_type_configs``) that match no module are
+    errors with ``strict``, else warnings on the ``bitsmith.pipeline`` logger.
+    """
     from ..mixed_precision.targets import check_target
 
-    errors = []
+    errors, unmatched = [], []
     for index, step in enumerate(config.steps):
         if isinstance(step, MixedPrecisionStep):
             try:
@@ -130,8 +137,34 @@ def _check_targets(config: PipelineConfig, model: nn.Module) -> None:
                              layers=step.layers, where=f"steps.{index}.")
             except ConfigError as exc:
                 errors += exc.lines
+        elif isinstance(step, (PalettizeStep, QuantizeStep)) and step.config is not None:
+            unmatched += [f"steps.{index}.config.{key}: matches no module of {type(model).__name__}"
+                          for key in _unmatched_keys(step, model, registry)]
+    if strict:
+        errors += unmatched
+    for line in [] if strict else unmatched:
+        logger.warning("%s (nothing is compressed by it; --strict makes this an error)", line)
     if errors:
         raise ConfigError(errors)
+
+
+def _unmatched_keys(step: Union[PalettizeStep, QuantizeStep], model: nn.Module, registry: plugins.Registry) -> list:
+    """The ``module_name_configs[...]``/``module_type_configs[...]`` keys of the step's config that match nothing."""
+    import warnings
+
+    from ..config import KMeansPalettizerConfig, QuantizerConfig
+    from ..resolve import warn_unmatched_keys
+
+    if isinstance(step, PalettizeStep):
+        cls = config_class(palettizer_class(step.algorithm, registry), KMeansPalettizerConfig)
+    else:
+        cls = config_class(registry.get("quantizer", step.quantizer), QuantizerConfig)
+    body = from_dict(step.config, cls)
+    if not (hasattr(body, "module_name_configs") and hasattr(body, "module_type_configs")):
+        return []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # reported here, with the step's path, instead
+        return warn_unmatched_keys(model, body)
 
 
 @define
@@ -152,10 +185,10 @@ class _State:
 
 
 def _run(model: Any, config: PipelineConfig, data: Any, out_dir: Path, registry: plugins.Registry,
-         progress: Optional[bool], echo: Echo, overwrite: bool) -> PipelineResult:
+         progress: Optional[bool], echo: Echo, overwrite: bool, strict: bool) -> PipelineResult:
     started = time.perf_counter()
     model = _build_model(model, config)
-    _check_targets(config, model)
+    _preflight(config, model, registry, strict)
     raw, batches = _load_data(data, config)
     out_dir.mkdir(parents=True, exist_ok=True)
     example = batches[0] if batches else None
@@ -187,10 +220,10 @@ def _run(model: Any, config: PipelineConfig, data: Any, out_dir: Path, registry:
 
 def run_pipeline(source: Union[PipelineConfig, dict, str, os.PathLike], *, output_dir: Union[str, os.PathLike, None] = None,
                  registry: Optional[plugins.Registry] = None, progress: Optional[bool] = None,
-                 echo: Optional[Echo] = None, overwrite: bool = False) -> PipelineResult:
+                 echo: Optional[Echo] = None, overwrite: bool = False, strict: bool = False) -> PipelineResult:
     """Run a pipeline whose ``model`` (and ``data``) come from the config itself."""
     return compress(None, source, output_dir=output_dir, registry=registry, progress=progress, echo=echo,
-                    overwrite=overwrite)
+                    overwrite=overwrite, strict=strict)
 
 
 # --------------------------------------------------------------------------- inputs
