@@ -27,7 +27,8 @@ class Clusterer(Protocol):
     Returns ``(centroids, labels)``: centroids (m, d) float32 with ``m <= k`` (fewer
     when ``x`` has fewer distinct rows; never an empty cluster) and labels (n,) int64
     in ``[0, m)``. ``sample_weight`` (n,), non-negative, weights each row's squared
-    error; ``seed`` makes randomized clusterers reproducible. Must be deterministic
+    error (a clusterer that only makes sense weighted may raise ``ValueError`` for
+    ``None``); ``seed`` makes randomized clusterers reproducible. Must be deterministic
     for a given input and seed, and picklable (it may run in worker processes).
     """
 

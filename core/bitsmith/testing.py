@@ -113,7 +113,11 @@ def fake_entry_point(tmp_path: Path) -> Iterator[Callable[..., str]]:
 
 
 def check_clusterer(clusterer: Any) -> None:
-    """Assert ``clusterer`` honours :class:`bitsmith.protocols.Clusterer` on small inputs."""
+    """Assert ``clusterer`` honours :class:`bitsmith.protocols.Clusterer` on small weighted inputs.
+
+    Rows carry positive ``sample_weight`` (a clusterer that needs weights, such as
+    ``sensitive_kmeans``, may refuse ``None``; every clusterer must accept weights).
+    """
     import pickle
 
     import torch
@@ -122,17 +126,18 @@ def check_clusterer(clusterer: Any) -> None:
     gen = torch.Generator().manual_seed(0)
     for d in (1, 2):
         x = torch.randn(200, d, generator=gen)
-        centroids, labels = clusterer(x, 4, sample_weight=None, seed=0)
+        weights = torch.rand(200, generator=gen) + 0.5
+        centroids, labels = clusterer(x, 4, sample_weight=weights, seed=0)
         centroids, labels = torch.as_tensor(centroids), torch.as_tensor(labels)
         assert centroids.shape[1:] == (d,) and 1 <= centroids.shape[0] <= 4, f"bad centroid shape {tuple(centroids.shape)}"
         assert labels.shape == (200,), f"bad labels shape {tuple(labels.shape)}"
         assert int(labels.min()) >= 0 and int(labels.max()) < centroids.shape[0], "label out of range"
         used = torch.unique(labels).numel()
         assert used == centroids.shape[0], f"{centroids.shape[0] - used} empty cluster(s)"
-        again = clusterer(x, 4, sample_weight=None, seed=0)
+        again = clusterer(x, 4, sample_weight=weights, seed=0)
         assert torch.equal(torch.as_tensor(again[1]), labels), "not deterministic for a fixed seed"
     few = torch.tensor([[1.0], [1.0], [2.0]])
-    centroids, labels = clusterer(few, 8, sample_weight=None, seed=0)
+    centroids, labels = clusterer(few, 8, sample_weight=torch.ones(3), seed=0)
     assert torch.as_tensor(centroids).shape[0] <= 2, "more centroids than distinct rows"
     pickle.dumps(clusterer)
 
@@ -199,7 +204,9 @@ def check_export_backend(backend: Any, tmp_dir: Any = None) -> None:
     with tempfile.TemporaryDirectory() as own:
         path = Path(tmp_dir or own) / f"model{backend.suffix}"
         written = Path(backend.save(backend.finalize(copy.deepcopy(model)), path, example_inputs=(x,)))
-        assert written.is_file() and written.stat().st_size > 0, f"save() wrote no file at {written}"
+        size = sum(f.stat().st_size for f in written.rglob("*") if f.is_file()) if written.is_dir() else (
+            written.stat().st_size if written.exists() else 0)
+        assert size > 0, f"save() wrote nothing at {written}"
         if isinstance(backend, ReadableExportBackend):
             loaded = backend.load(written, lambda: torch.nn.Sequential(torch.nn.Linear(8, 4)))
             assert torch.allclose(loaded(x), expected, atol=1e-6), "the loaded model's output differs"
@@ -209,8 +216,9 @@ def check_palettizer(cls: Any, example_inputs: Any = None, *, registry: Any = No
     """Assert a palettizer class honours :class:`bitsmith.protocols.PalettizerFactory` on a small MLP.
 
     ``prepare(example_inputs)`` must return a new model whose 4-bit per-tensor
-    weights carry palettized records (at most 16 distinct values) and leave the
-    original untouched; ``report()`` must work after it. A
+    weights have at most 16 distinct values in eval mode (post-training palettizers
+    attach :class:`~bitsmith.compressed.PalettizedTensor` records; training-time ones
+    may attach them at ``finalize``) and leave the original untouched. A
     :class:`~bitsmith.protocols.DataDrivenPalettizer` must start with
     ``sensitivity is None`` and set it in ``compute_sensitivity(example_inputs)``.
     """
@@ -235,11 +243,12 @@ def check_palettizer(cls: Any, example_inputs: Any = None, *, registry: Any = No
     prepared = palettizer.prepare(data)
     assert prepared is not model, "prepare() must return a copy unless asked to work in place"
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters())), "the original model was changed"
-    records = [r for *_, r in compressed.iter_records(prepared) if isinstance(r, compressed.PalettizedTensor)]
-    assert len(records) == 2, f"expected palettized records on both Linear weights, found {len(records)}"
-    for layer in (prepared[0], prepared[2]):
-        assert torch.unique(layer.weight).numel() <= 16, "a 4-bit layer has more than 16 distinct values"
-    palettizer.report()
+    records = [r for *_, r in compressed.iter_records(prepared) if not isinstance(r, compressed.PalettizedTensor)]
+    assert not records, f"prepare() attached records that are not PalettizedTensor: {records}"
+    prepared.eval()
+    with torch.no_grad():
+        for layer in (prepared[0], prepared[2]):
+            assert torch.unique(layer.weight).numel() <= 16, "a 4-bit layer has more than 16 distinct values"
 
 
 def check_quantizer(cls: Any, example_inputs: Any = None, *, registry: Any = None) -> None:
@@ -270,7 +279,7 @@ def check_quantizer(cls: Any, example_inputs: Any = None, *, registry: Any = Non
     assert torch.isfinite(out).all(), "the prepared model gives non-finite outputs"
     assert any(isinstance(r, compressed.QuantizedTensor) for *_, r in compressed.iter_records(prepared)), \
         "prepare() attached no QuantizedTensor record"
-    error = float((out - expected).norm() / expected.norm())
+    error = float((out - expected).detach().norm() / expected.detach().norm())
     assert error < 0.1, f"the quantized model is far from the original (relative error {error:.3f})"
 
 
