@@ -13,11 +13,9 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
-import torch
 from torch import nn
 
-from . import compressed, plugins
-from .compressed import ActivationQuant
+from . import activation_hooks, plugins
 from .errors import ConfigError, PluginError
 from .export import ExportBackend, backend_name, get_backend
 
@@ -92,62 +90,15 @@ def enable_activation_quant(model: nn.Module) -> int:
     A record under ``input.i`` fake-quantizes the module's ``i``-th positional input
     (forward pre-hook), one under ``output.i`` its ``i``-th output (forward hook; ``output.0``
     of a module returning one tensor is that tensor), with
-    :meth:`~bitsmith.compressed.ActivationQuant.fake_quantize`. Idempotent: hooks are
-    installed once per module. Returns the number of modules hooked.
+    :meth:`~bitsmith.compressed.ActivationQuant.fake_quantize` (:mod:`bitsmith.activation_hooks`).
+    Idempotent: calling it again reinstalls the same hooks. Returns the number of modules hooked.
     """
-    hooked = 0
-    for _, module, name, record in compressed.iter_records(model):
-        if not isinstance(record, ActivationQuant) or _HOOKS in module.__dict__:
-            continue
-        acts = {n: r for n, r in compressed.records(module).items() if isinstance(r, ActivationQuant)}
-        inputs = {_index(n): n for n in acts if n.startswith("input.")}
-        outputs = {_index(n): n for n in acts if n.startswith("output.")}
-        handles = []
-        if inputs:
-            handles.append(module.register_forward_pre_hook(_InputQuant(inputs)))
-        if outputs:
-            handles.append(module.register_forward_hook(_OutputQuant(outputs)))
-        module.__dict__[_HOOKS] = handles
-        hooked += 1
-    return hooked
+    return activation_hooks.install_all(model, _HOOKS)
 
 
 def disable_activation_quant(model: nn.Module) -> None:
     """Remove the hooks installed by :func:`enable_activation_quant` (records stay attached)."""
-    for module in model.modules():
-        for handle in module.__dict__.pop(_HOOKS, []):
-            handle.remove()
-
-
-def _index(name: str) -> int:
-    kind, _, idx = name.partition(".")
-    if not idx.isdigit():
-        raise ValueError(f"activation record name {name!r}: expected '{kind}.<index>'")
-    return int(idx)
-
-
-class _InputQuant:
-    def __init__(self, names: dict[int, str]):
-        self.names = names
-
-    def __call__(self, module: nn.Module, args: tuple) -> tuple:
-        recs = compressed.records(module)
-        return tuple(recs[self.names[i]].fake_quantize(a) if i in self.names and isinstance(a, torch.Tensor) else a
-                     for i, a in enumerate(args))
-
-
-class _OutputQuant:
-    def __init__(self, names: dict[int, str]):
-        self.names = names
-
-    def __call__(self, module: nn.Module, args: tuple, output: Any) -> Any:
-        recs = compressed.records(module)
-        if isinstance(output, torch.Tensor):
-            return recs[self.names[0]].fake_quantize(output) if 0 in self.names else output
-        if isinstance(output, (tuple, list)):
-            return type(output)(recs[self.names[i]].fake_quantize(o) if i in self.names and isinstance(
-                o, torch.Tensor) else o for i, o in enumerate(output))
-        return output
+    activation_hooks.remove_all(model, _HOOKS)
 
 
 __all__ = ["ModelFactory", "backend_for_path", "disable_activation_quant", "enable_activation_quant",

@@ -1,9 +1,8 @@
 """Activation quantization as ``torch.quantize_per_tensor`` -> ``dequantize`` pairs around a module.
 
-An :class:`~bitsmith.compressed.ActivationQuant` record attached under ``input.<i>``
-quantizes the module's ``i``-th positional input (a forward pre-hook), one under
-``output.<i>`` its ``i``-th output (a forward hook; ``output.0`` of a module that
-returns one tensor is that tensor). The scale and zero point are baked into the hook
+The hooks are the core's (:mod:`bitsmith.activation_hooks`: ``input.<i>`` records act on
+the module's ``i``-th positional input, ``output.<i>`` records on its ``i``-th output);
+this module supplies the step, :class:`QDQ`. The scale and zero point are baked into the hook
 as Python numbers, so a traced graph holds ``aten::quantize_per_tensor`` /
 ``aten::dequantize`` with constant parameters, which converters map to a
 quantize/dequantize op pair. Records whose dtype has no PyTorch quantized type
@@ -15,12 +14,12 @@ class and state dict stay the same.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 from torch import nn
 
-from bitsmith import compressed
+from bitsmith import activation_hooks
 from bitsmith.compressed import ActivationQuant
 
 HOOKS = "_bitsmith_coreai_hooks"
@@ -51,63 +50,11 @@ class QDQ:
         return q.dequantize().to(x.dtype)
 
 
-class InputQDQ:
-    """Forward pre-hook applying :class:`QDQ` to the selected positional inputs."""
-
-    def __init__(self, steps: dict[int, QDQ]):
-        self.steps = steps
-
-    def __call__(self, module: nn.Module, args: tuple) -> tuple:
-        return tuple(self.steps[i](a) if i in self.steps and isinstance(a, torch.Tensor) else a
-                     for i, a in enumerate(args))
-
-
-class OutputQDQ:
-    """Forward hook applying :class:`QDQ` to the selected outputs (a tensor is output 0)."""
-
-    def __init__(self, steps: dict[int, QDQ]):
-        self.steps = steps
-
-    def __call__(self, module: nn.Module, args: tuple, output: Any) -> Any:
-        if isinstance(output, torch.Tensor):
-            return self.steps[0](output) if 0 in self.steps else output
-        if isinstance(output, (tuple, list)):
-            return type(output)(self.steps[i](o) if i in self.steps and isinstance(o, torch.Tensor) else o
-                                for i, o in enumerate(output))
-        return output
-
-
-def activation_steps(module: nn.Module) -> tuple[dict[int, ActivationQuant], dict[int, ActivationQuant]]:
-    """``({input index: record}, {output index: record})`` of the activation records on ``module``."""
-    inputs: dict[int, ActivationQuant] = {}
-    outputs: dict[int, ActivationQuant] = {}
-    for name, record in compressed.records(module).items():
-        if not isinstance(record, ActivationQuant):
-            continue
-        direction, _, index = name.partition(".")
-        if direction not in ("input", "output") or not index.isdigit():
-            raise ValueError(f"activation record name {name!r}: expected 'input.<i>' or 'output.<i>'")
-        (inputs if direction == "input" else outputs)[int(index)] = record
-    return inputs, outputs
-
-
-def install(module: nn.Module, make: Any = QDQ) -> int:
-    """(Re)install the hooks for ``module``'s activation records; returns how many activations they cover."""
-    remove(module)
-    inputs, outputs = activation_steps(module)
-    handles = []
-    if inputs:
-        handles.append(module.register_forward_pre_hook(InputQDQ({i: make(r) for i, r in inputs.items()})))
-    if outputs:
-        handles.append(module.register_forward_hook(OutputQDQ({i: make(r) for i, r in outputs.items()})))
-    if handles:
-        module.__dict__[HOOKS] = handles
-    return len(inputs) + len(outputs)
+def install(module: nn.Module) -> int:
+    """(Re)install the Q/DQ hooks for ``module``'s activation records; returns how many activations they cover."""
+    return activation_hooks.install(module, HOOKS, QDQ)
 
 
 def remove(module: nn.Module) -> None:
     """Remove hooks installed by :func:`install`."""
-    for handle in module.__dict__.pop(HOOKS, []):
-        handle.remove()
-
-
+    activation_hooks.remove(module, HOOKS)

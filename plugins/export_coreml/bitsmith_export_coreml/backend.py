@@ -15,6 +15,7 @@ become ``torch.quantize_per_tensor`` + ``dequantize`` while tracing (MIL ``quant
 from __future__ import annotations
 
 import copy
+import functools
 import warnings
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -22,12 +23,14 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
-from bitsmith import atomic, compressed, export
+from bitsmith import activation_hooks, atomic, compressed, export
 from bitsmith.compressed import ActivationQuant, PalettizedTensor, QuantizedTensor
 from bitsmith.errors import CompressionError, PluginError
 from bitsmith.loading import disable_activation_quant
 
 _STATE = "_bitsmith_coreml"
+_HOOKS = "_bitsmith_coreml_hooks"
+_QDTYPES = {"int8": torch.qint8, "uint8": torch.quint8}
 PREFIX = "_COREML_"
 PALETTIZATION, QUANTIZATION = 2, 3
 
@@ -73,11 +76,13 @@ class CoreMLBackend:
         disable_activation_quant(model)
         export.restore_dense(model)  # tensors another backend converted (seed 002: finalize(CoreAI), then quantize)
         seen: set[int] = set()
-        activations: dict[nn.Module, dict[str, ActivationQuant]] = {}
         for module_name, module, name, record in compressed.iter_records(model):
             qualified = f"{module_name}.{name}" if module_name else name
             if isinstance(record, ActivationQuant):
-                activations.setdefault(module, {})[name] = record
+                if record.spec.dtype_name not in _QDTYPES or record.scale.numel() != 1:
+                    raise CompressionError(f"{qualified}: Core ML activation quantization is per-tensor int8/uint8; "
+                                           f"this record is {record.spec.dtype_name} with {record.scale.numel()} "
+                                           "scales")
                 continue
             if id(record) in seen:
                 continue
@@ -85,13 +90,7 @@ class CoreMLBackend:
             buffers = metadata(record, qualified)
             for key, value in (buffers or {}).items():
                 module.register_buffer(f"{PREFIX}/{name}/{key}", value)
-        for module, acts in activations.items():
-            inputs = {_index(n): r for n, r in acts.items() if n.startswith("input.")}
-            outputs = {_index(n): r for n, r in acts.items() if n.startswith("output.")}
-            if inputs:
-                module.register_forward_pre_hook(_InputQuant(inputs))
-            if outputs:
-                module.register_forward_hook(_OutputQuant(outputs))
+        activation_hooks.install_all(model, _HOOKS, _step)
         model.__dict__[_STATE] = True
         return model
 
@@ -186,41 +185,14 @@ def _palettized(record: PalettizedTensor) -> dict[str, torch.Tensor]:
     return out
 
 
-def _index(name: str) -> int:
-    kind, _, idx = name.partition(".")
-    if not idx.isdigit():
-        raise CompressionError(f"activation record {name!r}: expected '{kind}.<index>'")
-    return int(idx)
-
-
 def _quant(x: torch.Tensor, record: ActivationQuant) -> torch.Tensor:
     if not torch.jit.is_tracing():
         return record.fake_quantize(x)
-    dtype = {"int8": torch.qint8, "uint8": torch.quint8}.get(record.spec.dtype_name)
-    if dtype is None or record.scale.numel() != 1:
-        raise CompressionError(f"Core ML activation quantization is per-tensor int8/uint8; got "
-                               f"{record.spec.dtype_name} with {record.scale.numel()} scales")
+    dtype = _QDTYPES[record.spec.dtype_name]  # checked by finalize
     zp = 0 if record.zero_point is None else int(torch.as_tensor(record.zero_point).reshape(-1)[0].round())
     return torch.quantize_per_tensor(x, float(record.scale.reshape(-1)[0]), zp, dtype).dequantize()
 
 
-class _InputQuant:
-    def __init__(self, records: dict[int, ActivationQuant]):
-        self.records = records
-
-    def __call__(self, module: nn.Module, args: tuple) -> tuple:
-        return tuple(_quant(a, self.records[i]) if i in self.records and isinstance(a, torch.Tensor) else a
-                     for i, a in enumerate(args))
-
-
-class _OutputQuant:
-    def __init__(self, records: dict[int, ActivationQuant]):
-        self.records = records
-
-    def __call__(self, module: nn.Module, args: tuple, output: Any) -> Any:
-        if isinstance(output, torch.Tensor):
-            return _quant(output, self.records[0]) if 0 in self.records else output
-        if isinstance(output, (tuple, list)):
-            return type(output)(_quant(o, self.records[i]) if i in self.records and isinstance(o, torch.Tensor)
-                                else o for i, o in enumerate(output))
-        return output
+def _step(record: ActivationQuant) -> Any:
+    """The hook step for ``record``: fake quantization in eager mode, quantize/dequantize while tracing."""
+    return functools.partial(_quant, record=record)

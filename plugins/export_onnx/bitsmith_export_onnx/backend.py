@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from bitsmith import atomic, compressed, export
+from bitsmith import activation_hooks, atomic, compressed, export
 from bitsmith.compressed import ActivationQuant, PalettizedTensor, QuantizedTensor
 from bitsmith.errors import CompressionError
 from bitsmith.loading import disable_activation_quant
@@ -20,6 +20,7 @@ from bitsmith.loading import disable_activation_quant
 from . import graph, markers
 
 _STATE = "_bitsmith_onnx_records"
+_HOOKS = "_bitsmith_onnx_hooks"
 
 BASE_OPSET = 17
 """Opset used when no compressed tensor needs a newer one."""
@@ -64,13 +65,11 @@ class OnnxBackend:
         export.restore_dense(model)  # tensors another backend converted (seed 002: finalize(CoreAI), then quantize)
         records: dict[str, Union[PalettizedTensor, QuantizedTensor]] = {}
         keys: dict[int, str] = {}
-        activations: dict[nn.Module, dict[str, ActivationQuant]] = {}
         targets = []
         for module_name, module, name, record in compressed.iter_records(model):
             qualified = f"{module_name}.{name}" if module_name else name
             if isinstance(record, ActivationQuant):
                 markers.check_activation(record, qualified)
-                activations.setdefault(module, {})[name] = record
                 continue
             if not isinstance(record, (PalettizedTensor, QuantizedTensor)):
                 raise CompressionError(f"{qualified}: the ONNX backend cannot export a {type(record).__name__}")
@@ -86,13 +85,7 @@ class OnnxBackend:
             if not isinstance(getattr(module, name, None), nn.Parameter):
                 raise CompressionError(f"{key}: compressed tensor {name!r} is not a parameter of its module")
             parametrize.register_parametrization(module, name, markers.WeightMarker(key), unsafe=True)
-        for module, acts in activations.items():
-            inputs = {_index(n): r for n, r in acts.items() if n.startswith("input.")}
-            outputs = {_index(n): r for n, r in acts.items() if n.startswith("output.")}
-            if inputs:
-                module.register_forward_pre_hook(markers.InputQDQ(inputs))
-            if outputs:
-                module.register_forward_hook(markers.OutputQDQ(outputs))
+        activation_hooks.install_all(model, _HOOKS, markers.step)
         model.__dict__[_STATE] = records
         return model
 
@@ -164,10 +157,3 @@ def _raise_opset(proto: Any, version: int) -> None:
     for entry in proto.opset_import:
         if entry.domain in ("", "ai.onnx"):
             entry.version = version
-
-
-def _index(name: str) -> int:
-    kind, _, idx = name.partition(".")
-    if not idx.isdigit():
-        raise CompressionError(f"activation record {name!r}: expected '{kind}.<index>'")
-    return int(idx)

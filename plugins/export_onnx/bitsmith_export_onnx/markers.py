@@ -8,11 +8,13 @@ record. Custom-domain nodes are never constant-folded or fused by the exporter, 
 mapping from graph to record survives every exporter pass.
 
 An activation record becomes a QuantizeLinear -> DequantizeLinear pair (``QDQ``); in eager
-PyTorch it is :meth:`bitsmith.compressed.ActivationQuant.fake_quantize`.
+PyTorch it is :meth:`bitsmith.compressed.ActivationQuant.fake_quantize`. The hooks are the
+core's (:mod:`bitsmith.activation_hooks`); :func:`step` is what they apply.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -120,27 +122,6 @@ def qdq(x: torch.Tensor, record: ActivationQuant) -> torch.Tensor:
     return record.fake_quantize(x)
 
 
-class InputQDQ:
-    """Forward pre-hook: QDQ on the module's positional inputs named in ``records``."""
-
-    def __init__(self, records: dict[int, ActivationQuant]):
-        self.records = records
-
-    def __call__(self, module: nn.Module, args: tuple) -> tuple:
-        return tuple(qdq(a, self.records[i]) if i in self.records and isinstance(a, torch.Tensor) else a
-                     for i, a in enumerate(args))
-
-
-class OutputQDQ:
-    """Forward hook: QDQ on the module's outputs named in ``records``."""
-
-    def __init__(self, records: dict[int, ActivationQuant]):
-        self.records = records
-
-    def __call__(self, module: nn.Module, args: tuple, output: Any) -> Any:
-        if isinstance(output, torch.Tensor):
-            return qdq(output, self.records[0]) if 0 in self.records else output
-        if isinstance(output, (tuple, list)):
-            return type(output)(qdq(o, self.records[i]) if i in self.records and isinstance(o, torch.Tensor)
-                                else o for i, o in enumerate(output))
-        return output
+def step(record: ActivationQuant) -> Any:
+    """The activation hook step for ``record`` (:mod:`bitsmith.activation_hooks`): :func:`qdq` with it bound."""
+    return functools.partial(qdq, record=record)

@@ -217,3 +217,25 @@ def test_int8_quantizer_w8a8(net, inputs):
     out_step = max(float(r.scale) for _, m, n, r in compressed.iter_records(exported)
                    if isinstance(r, ActivationQuant) and m is exported.fc)
     assert np.abs(got - reference.numpy()).max() <= out_step + 1e-6
+
+
+def test_save_is_atomic_and_refuses_to_replace(tmp_path, net, inputs, clusterer, monkeypatch):
+    import onnx as onnx_module
+
+    from bitsmith.atomic import OverwriteError
+
+    palettize(net, PalettizationSpec(n_bits=4), clusterer)
+    path = BACKEND.save(net, tmp_path / "m.onnx", example_inputs=inputs)
+    before = path.read_bytes()
+    with pytest.raises(OverwriteError, match="overwrite=True"):
+        BACKEND.save(net, path, example_inputs=inputs)
+
+    def broken(proto, target, *args, **kwargs):
+        with open(target, "wb") as fh:
+            fh.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(onnx_module, "save", broken)
+    with pytest.raises(OSError, match="disk full"):
+        BACKEND.save(net, path, example_inputs=inputs, overwrite=True)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["m.onnx"]

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bitsmith import compressed, export
+from bitsmith import activation_hooks, compressed, export
 from bitsmith.compressed import ActivationQuant, PalettizedTensor, QuantizedTensor
 from bitsmith.errors import CompressionError
 
@@ -49,7 +49,7 @@ class TorchBackend:
                     tensor.data = record.dequantize().to(device=tensor.device, dtype=tensor.dtype)
             elif isinstance(record, ActivationQuant) and id(module) not in done:
                 done.add(id(module))
-                _install(module)
+                activation_hooks.install(module, HOOKS)  # fake quantization, kept after the records go
         for _, module, name, _record in items:
             compressed.detach(module, name)
         return model
@@ -57,47 +57,3 @@ class TorchBackend:
 
 def _stored(module: nn.Module, name: str) -> Any:
     return module._parameters.get(name, module._buffers.get(name))
-
-
-class FakeQuantInputs:
-    """Forward pre-hook: fake-quantize the selected positional inputs (picklable)."""
-
-    def __init__(self, records: dict[int, ActivationQuant]):
-        self.records = records
-
-    def __call__(self, module: nn.Module, args: tuple) -> tuple:
-        return tuple(self.records[i].fake_quantize(a) if i in self.records and isinstance(a, torch.Tensor) else a
-                     for i, a in enumerate(args))
-
-
-class FakeQuantOutputs:
-    """Forward hook: fake-quantize the selected outputs (a single tensor is output 0)."""
-
-    def __init__(self, records: dict[int, ActivationQuant]):
-        self.records = records
-
-    def __call__(self, module: nn.Module, args: tuple, output: Any) -> Any:
-        if isinstance(output, torch.Tensor):
-            return self.records[0].fake_quantize(output) if 0 in self.records else output
-        if isinstance(output, (tuple, list)):
-            return type(output)(self.records[i].fake_quantize(o) if i in self.records and isinstance(
-                o, torch.Tensor) else o for i, o in enumerate(output))
-        return output
-
-
-def _install(module: nn.Module) -> None:
-    for handle in module.__dict__.pop(HOOKS, []):
-        handle.remove()
-    inputs, outputs = {}, {}
-    for name, record in compressed.records(module).items():
-        if isinstance(record, ActivationQuant):
-            direction, _, index = name.partition(".")
-            if direction not in ("input", "output") or not index.isdigit():
-                raise ValueError(f"activation record name {name!r}: expected 'input.<i>' or 'output.<i>'")
-            (inputs if direction == "input" else outputs)[int(index)] = record
-    handles = []
-    if inputs:
-        handles.append(module.register_forward_pre_hook(FakeQuantInputs(inputs)))
-    if outputs:
-        handles.append(module.register_forward_hook(FakeQuantOutputs(outputs)))
-    module.__dict__[HOOKS] = handles
