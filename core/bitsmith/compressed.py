@@ -109,8 +109,9 @@ class PalettizedTensor:
     def dequantize(self) -> torch.Tensor:
         """The dense tensor at the original dtype (contiguous).
 
-        Built in blocks of index rows that each use one LUT, so the temporaries stay
-        near ``_DEQUANTIZE_CHUNK`` elements whatever the tensor's size.
+        Built in chunks of about ``_DEQUANTIZE_CHUNK`` elements (LUT lookups into a
+        float32 chunk, then scale and cast once per chunk), so temporaries stay small
+        whatever the tensor's size.
         """
         d, axis = self.cluster_dim, self.axis
         idx = self.indices.movedim(axis, 0)  # (C/d, *rest), uint8
@@ -120,14 +121,21 @@ class PalettizedTensor:
         scale = self.per_channel_scale
         rows_per_lut = self.group_size // d
         step = max(1, _DEQUANTIZE_CHUNK // max(1, flat.shape[1] * d))
-        start = 0
-        while start < rows:
-            stop = min(start + step, (start // rows_per_lut + 1) * rows_per_lut)  # never across two LUTs
-            block_scale = None if scale is None else (  # scales run along the weight's dim 0
-                scale[start * d:stop * d].reshape(stop - start, d, *([1] * len(rest))) if axis == 0
-                else scale.reshape(1, 1, -1, *([1] * (len(rest) - 1))))
-            _lookup(self.lut[start // rows_per_lut], flat[start:stop], out[start:stop], block_scale)
-            start = stop
+        staged = out.dtype != self.lut.dtype  # look up in the LUT's dtype, cast once per chunk
+        for start in range(0, rows, step):
+            stop = min(start + step, rows)
+            chunk = torch.empty(stop - start, d, *rest, dtype=self.lut.dtype, device=self.lut.device) if staged \
+                else out[start:stop]
+            row = start
+            while row < stop:  # one lookup per LUT the chunk touches
+                end = min(stop, (row // rows_per_lut + 1) * rows_per_lut)
+                _lookup(self.lut[row // rows_per_lut], flat[row:end], chunk[row - start:end - start])
+                row = end
+            if scale is not None:  # scales run along the weight's dim 0
+                chunk.mul_(scale[start * d:stop * d].reshape(stop - start, d, *([1] * len(rest))) if axis == 0
+                           else scale.reshape(1, 1, -1, *([1] * (len(rest) - 1))))
+            if staged:
+                out[start:stop] = chunk
         dense = out.reshape(rows * d, *rest).movedim(0, axis).contiguous().reshape(self.shape)
         if self.outliers is not None and self.outliers.nnz:
             dense = dense.contiguous()
@@ -135,23 +143,22 @@ class PalettizedTensor:
         return dense
 
 
-def _lookup(lut: torch.Tensor, indices: torch.Tensor, out: torch.Tensor, scale: Optional[torch.Tensor]) -> None:
-    """Write ``lut[indices]`` (times ``scale``) into ``out``.
+def _lookup(lut: torch.Tensor, indices: torch.Tensor, out: torch.Tensor) -> None:
+    """Write ``lut[indices]`` into ``out`` (same dtype as ``lut``).
 
     ``lut``: (k, d); ``indices``: uint8 (n, m); ``out``: (n, d, ...) with m entries per
     row after ``d``. On the CPU the lookup is ``np.take`` on the uint8 indices (no
-    int64 copy), straight into ``out`` when no transpose or cast is needed.
+    int64 copy, no OpenMP team), straight into ``out`` when ``d`` is 1.
     """
-    cpu = lut.device.type == "cpu" and indices.device.type == "cpu"
-    if cpu and out.shape[1] == 1 and out.dtype == lut.dtype and out.is_contiguous():
-        np.take(lut.detach().numpy()[:, 0], indices.numpy(), out=out.numpy().reshape(indices.shape), mode="clip")
-        if scale is not None:
-            out.mul_(scale)
-        return
-    values = (torch.from_numpy(np.take(lut.detach().numpy(), indices.numpy(), axis=0, mode="clip")) if cpu
-              else lut[indices.long()])  # (n, m, d)
-    values = values.permute(0, 2, 1).reshape(out.shape)
-    out.copy_(values if scale is None else values * scale)
+    if lut.device.type == "cpu" and indices.device.type == "cpu":
+        table = lut.detach().numpy()
+        if out.shape[1] == 1 and out.is_contiguous():
+            np.take(table[:, 0], indices.numpy(), out=out.numpy().reshape(indices.shape), mode="clip")
+            return
+        values = torch.from_numpy(np.take(table, indices.numpy(), axis=0, mode="clip"))  # (n, m, d)
+    else:
+        values = lut[indices.long()]
+    out.copy_(values.permute(0, 2, 1).reshape(out.shape))
 
 
 @define(frozen=True, eq=False)

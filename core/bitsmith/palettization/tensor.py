@@ -91,7 +91,7 @@ def palettize_tensor(weight: torch.Tensor, spec: PalettizationSpec, clusterer: C
             pad = centroids[-1:].expand(k - centroids.shape[0], d)
             centroids = torch.cat([centroids, pad])
         luts.append(centroids)
-        idx[g * rows:(g + 1) * rows] = labels.reshape(rows, -1)
+        idx.numpy()[g * rows:(g + 1) * rows] = labels.reshape(rows, -1).numpy()  # numpy: no OpenMP team
         del labels
     lut = torch.stack(luts)  # (G, k, d)
     idx = idx.reshape(channels // d, *_rest_shape(shape, axis)).movedim(0, axis)

@@ -40,6 +40,7 @@ HISTOGRAM_MIN_SIZE = 1 << 15
 """Inputs with at least this many values use the 65536-bin histogram; smaller ones ``np.unique``."""
 
 _CHUNK = 1 << 20
+_SERIAL = 1 << 15  # below torch's parallel grain size (32768): one thread per op
 _MIN_RELATIVE_WEIGHT = 1e-9  # smallest weight of a distinct value relative to the total (DP prefix sums)
 _kernel = None
 
@@ -132,16 +133,19 @@ def _exponent(max_abs: float) -> int:
 
 
 def _fp16_bits(x: np.ndarray, exponent: int) -> np.ndarray:
-    """fp16 bit patterns of ``x * 2**exponent`` as uint16 (round to nearest even)."""
+    """fp16 bit patterns of ``x * 2**exponent`` as uint16 (round to nearest even).
+
+    Converted in pieces of :data:`_SERIAL` values: torch runs an op that small on the
+    calling thread, never waiting on an OpenMP team (on a loaded machine one
+    parallel conversion of a 50k-value channel group took ~25 ms instead of ~0.1 ms).
+    """
     bits = np.empty(x.size, dtype=np.uint16)
     out = torch.from_numpy(bits.view(np.int16)).view(torch.float16)
     src = torch.from_numpy(x)
-    if not exponent:
-        out.copy_(src)
-        return bits
     scale = 2.0**exponent
-    for start in range(0, x.size, _CHUNK):
-        out[start:start + _CHUNK].copy_(src[start:start + _CHUNK] * scale)
+    for start in range(0, x.size, _SERIAL):
+        piece = src[start:start + _SERIAL]
+        out[start:start + _SERIAL].copy_(piece * scale if exponent else piece)
     return bits
 
 
