@@ -43,6 +43,14 @@ _DTYPES = {str(d).removeprefix("torch."): d for d in (
 
 WeightRecord = Union[PalettizedTensor, QuantizedTensor]
 
+RECORD_STATE_MARKER = "_bitsmith_"
+"""State-dict names containing this are the core's own view of a record (``fc.weight_bitsmith_lut``); the
+file stores the record as its parts instead, and a loading model's such entries are rebuilt from them."""
+
+
+def _is_record_state(key: str) -> bool:
+    return RECORD_STATE_MARKER in key.rpartition(".")[2]
+
 
 def dtype_name(dtype: torch.dtype) -> str:
     """The header's name of a torch dtype (``float32``, ``int8``, ...)."""
@@ -140,7 +148,7 @@ def encode(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     tied: dict[str, str] = {}
     stored: dict[int, str] = {}
     for key, value in model.state_dict(keep_vars=True).items():
-        if key in covered or id(value) in record_tensors:  # the record stores it (possibly as a module buffer)
+        if key in covered or id(value) in record_tensors or _is_record_state(key):  # stored as the record's parts
             continue
         if id(value) in stored:
             tied[key] = stored[id(value)]
@@ -237,7 +245,7 @@ class Decoder:
                 raise f.error(f"tied.{alias}", f"names {shown(key)}, which is not a stored dense tensor")
             dense[alias] = dense[key]
         self._replay_structure(model, dense)
-        expected = model.state_dict(keep_vars=True)
+        expected = {k: v for k, v in model.state_dict(keep_vars=True).items() if not _is_record_state(k)}
         covered = set()
         for i, entry in enumerate(self.records):
             where = f"records[{i}]"

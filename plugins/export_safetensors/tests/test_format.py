@@ -227,3 +227,14 @@ def test_header_size_is_reported_separately(saved, net):
     payload = saved.stat().st_size - header_nbytes(saved)
     accounted = sizes.model_size(net).total.bytes
     assert abs(payload - accounted) <= 0.01 * accounted
+
+
+def test_record_state_entries_are_stored_as_parts_only(tmp_path, net, factory, inputs, clusterer):
+    """State-dict entries named ``<tensor>_bitsmith_<part>`` (the core's view of a record) are not stored again."""
+    compressed.apply(net.conv2, "weight", palettize_tensor(net.conv2.weight, PalettizationSpec(n_bits=4), clusterer))
+    net.conv2.register_buffer("weight_bitsmith_spec", torch.zeros(40, dtype=torch.uint8))
+    path = BACKEND.save(net, tmp_path / "m.safetensors")
+    from bitsmith_export_safetensors import read_tensors
+
+    assert not any("_bitsmith_" in name for name in read_tensors(path))
+    assert torch.equal(_load(path, factory)(inputs), net(inputs))
