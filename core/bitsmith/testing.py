@@ -287,7 +287,8 @@ def check_observer(factory: Any) -> None:
     """Assert an observer factory honours :class:`bitsmith.protocols.ObserverFactory` / ``Observer``.
 
     A new observer raises ``RuntimeError`` from ``bounds()``; after observing it
-    returns ``(min, max)`` that contain every per-tensor and per-channel value seen.
+    returns finite ``(min, max)`` with ``min < max``, inside the observed range
+    (widened to include zero), per tensor and per channel.
     """
     import torch
 
@@ -303,17 +304,20 @@ def check_observer(factory: Any) -> None:
     else:
         raise AssertionError("bounds() before any observe() must raise RuntimeError")
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(6, 3, generator=gen)
-    observer.observe(x, (0, 1))
-    lo, hi = (torch.as_tensor(t) for t in observer.bounds())
-    assert float(lo.min()) <= float(x.min()) + 1e-6 and float(hi.max()) >= float(x.max()) - 1e-6, \
-        "per-tensor bounds do not cover the observed values"
-    channel = factory()
-    channel.observe(x, (0,))
-    lo, hi = (torch.as_tensor(t) for t in channel.bounds())
-    assert lo.shape == (3,) and hi.shape == (3,), f"per-channel bounds have shape {tuple(lo.shape)}, expected (3,)"
-    assert bool((lo <= x.min(0).values + 1e-6).all() and (hi >= x.max(0).values - 1e-6).all()), \
-        "per-channel bounds do not cover the observed values"
+    x = torch.randn(64, 3, generator=gen)
+    for dims, shape in (((0, 1), ()), ((0,), (3,))):
+        observer = factory()
+        observer.observe(x[:32], dims)
+        observer.observe(x[32:], dims)
+        lo, hi = (torch.as_tensor(t).float() for t in observer.bounds())
+        assert lo.shape == shape and hi.shape == shape, \
+            f"bounds over {dims} have shape {tuple(lo.shape)}, expected {shape}"
+        seen_lo = x.amin(dim=dims).clamp(max=0) - 1e-6
+        seen_hi = x.amax(dim=dims).clamp(min=0) + 1e-6
+        assert bool(torch.isfinite(lo).all() and torch.isfinite(hi).all() and (lo < hi).all()), \
+            f"bounds must be finite with min < max, got {lo}, {hi}"
+        assert bool((lo >= seen_lo).all() and (hi <= seen_hi).all()), \
+            f"bounds over {dims} lie outside the observed range (widened to zero)"
 
 
 CHECKS: dict[str, Callable[..., None]] = {

@@ -1,0 +1,1 @@
+"""Example third-party bitsmith plugin (see plugin.py)."""
