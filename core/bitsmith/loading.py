@@ -18,6 +18,7 @@ from torch import nn
 from . import activation_hooks, plugins
 from .errors import ConfigError, PluginError
 from .export import ExportBackend, backend_name, get_backend
+from .protocols import ReadableExportBackend
 
 ModelFactory = Union[Callable[[], nn.Module], nn.Module, str]
 
@@ -52,7 +53,7 @@ def backend_for_path(path: Union[str, os.PathLike], registry: Optional[plugins.R
     readers = {}
     for name in registry.names("export_backend"):
         impl = registry.get("export_backend", name)
-        if hasattr(impl, "load") and getattr(impl, "suffix", None):
+        if isinstance(impl, ReadableExportBackend):
             readers[name] = impl.suffix
             if impl.suffix == suffix:
                 return name
@@ -78,7 +79,7 @@ def load(path: Union[str, os.PathLike], model_factory: ModelFactory, *,
         raise FileNotFoundError(f"{path}: no such file")
     name = backend_name(backend) if backend is not None else backend_for_path(path, registry)
     impl = get_backend(name, registry)
-    if not hasattr(impl, "load"):
+    if not isinstance(impl, ReadableExportBackend):
         raise PluginError(f"export backend {name!r} writes files but cannot load them")
     factory = import_callable(model_factory, field="model_factory") if isinstance(model_factory, str) else model_factory
     return impl.load(path, factory)

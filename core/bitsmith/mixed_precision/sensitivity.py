@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from .. import compressed, plugins
+from ..protocols import DataDrivenPalettizer, instantiate
 from ..config import KMeansPalettizerConfig, ModuleKMeansPalettizerConfig, PalettizationSpec
 from ..errors import CompressionError, ConfigError
 from ..palettization import Palettizer
@@ -289,16 +290,12 @@ def _layer_config(infos: Sequence[LayerInfo], spec: PalettizationSpec) -> KMeans
 
 
 def _make_palettizer(cls: Any, model: nn.Module, infos: Sequence[LayerInfo], registry: plugins.Registry) -> Any:
-    config = _layer_config(infos, PalettizationSpec(n_bits=4))
-    try:
-        return cls(model, config, registry=registry)
-    except TypeError:
-        return cls(model, config)
+    return instantiate(cls, model, _layer_config(infos, PalettizationSpec(n_bits=4)), registry)
 
 
 def _calibrate(inst: Any, calibration: Any) -> None:
     """Calibrate a palettizer that needs data (``compute_sensitivity(data)`` and no ``sensitivity`` yet)."""
-    if callable(getattr(inst, "compute_sensitivity", None)) and getattr(inst, "sensitivity", None) is None:
+    if isinstance(inst, DataDrivenPalettizer) and inst.sensitivity is None:
         inst.compute_sensitivity(calibration)
 
 

@@ -55,6 +55,7 @@ import yaml
 from attrs import define, field
 
 from .. import plugins, safe_yaml
+from ..protocols import config_class_of
 from ..config import converter, from_dict
 from ..config.converter import _FieldError
 from ..errors import ConfigError, PluginError
@@ -391,8 +392,7 @@ def config_class(impl: Any, default: type) -> type:
     implementation without the attribute (docs/plugins.md makes it optional) runs
     exactly as it validates.
     """
-    cls = getattr(impl, "config_class", None)
-    return default if cls is None else cls
+    return config_class_of(impl, default)
 
 
 def export_path(step: ExportStep, impl: Any) -> str:

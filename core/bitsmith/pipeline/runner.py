@@ -21,6 +21,7 @@ from attrs import define, field
 from torch import nn
 
 from .. import atomic, compressed, plugins
+from ..protocols import instantiate
 from ..config import from_dict
 from ..errors import ConfigError, PluginError
 from ..export import finalize as export_finalize
@@ -308,11 +309,7 @@ def _accepts(fn: Callable[..., Any], **kwargs: Any) -> dict[str, Any]:
 
 
 def _instantiate(cls: Any, model: nn.Module, config: Any, registry: plugins.Registry) -> Any:
-    try:
-        takes_registry = "registry" in inspect.signature(cls).parameters
-    except (TypeError, ValueError):
-        takes_registry = False
-    return cls(model, config, registry=registry) if takes_registry else cls(model, config)
+    return instantiate(cls, model, config, registry)
 
 
 def _palettize(step: PalettizeStep, index: int, state: _State) -> str:
