@@ -41,11 +41,12 @@ def sensitivity_metric(register):
 
     Called: the first time a metric is looked up (mixed-precision sensitivity, reports).
 
-    :param register: ``register(name, metric)``; ``metric`` satisfies
-        :class:`bitsmith.protocols.SensitivityMetric` (``score``, ``higher_is_better``,
-        ``to_distortion``).
+    :param register: ``register(name, metric)``; ``metric`` is an instance (a plain
+        function is refused) satisfying :class:`bitsmith.protocols.SensitivityMetric`
+        (``higher_is_better``, ``unit``, ``score``, ``to_distortion``); optionally
+        :class:`~bitsmith.protocols.InvertibleMetric` (``from_distortion``).
 
-    Changed in 0.1: introduced.
+    Changed in 0.1: introduced; implementations are checked at registration.
     """
 
 
@@ -69,11 +70,13 @@ def export_backend(register):
 
     Called: the first time a backend is looked up (``finalize(backend=...)``, ``bitsmith.export``).
 
-    :param register: ``register(name, backend)``; ``backend`` satisfies
-        :class:`bitsmith.protocols.ExportBackendImpl` (``finalize(model)``; file backends
-        also ``save(model, path, ...)``).
+    :param register: ``register(name, backend)``; ``backend`` is an instance satisfying
+        :class:`bitsmith.protocols.ExportBackendImpl` (``description``, ``finalize(model)``);
+        optionally :class:`~bitsmith.protocols.FileExportBackend` (``suffix``,
+        ``save(model, path, *, example_inputs=None)``) and
+        :class:`~bitsmith.protocols.ReadableExportBackend` (``load(path, model_factory)``).
 
-    Changed in 0.1: introduced.
+    Changed in 0.1: introduced; implementations are checked at registration.
     """
 
 
@@ -85,9 +88,12 @@ def palettizer(register):
     ``bitsmith.palettization.KMeansPalettizer`` or ``compute_sensitivity(palettizer=...)``.
 
     :param register: ``register(name, cls)``; ``cls(model, config)`` satisfies
-        :class:`bitsmith.protocols.PalettizerFactory`.
+        :class:`bitsmith.protocols.PalettizerFactory`; optionally ``config_class``
+        (:class:`~bitsmith.protocols.Configurable`), a ``registry=`` keyword, and instances
+        that are :class:`~bitsmith.protocols.DataDrivenPalettizer`. ``name`` is what
+        configs put in ``algorithm:``.
 
-    Changed in 0.1: introduced.
+    Changed in 0.1: introduced; implementations are checked at registration.
     """
 
 
@@ -98,9 +104,10 @@ def quantizer(register):
     Called: the first time a quantizer is looked up, e.g. by ``bitsmith.quantization.Quantizer``.
 
     :param register: ``register(name, cls)``; ``cls(model, config)`` satisfies
-        :class:`bitsmith.protocols.QuantizerFactory`.
+        :class:`bitsmith.protocols.QuantizerFactory`; optionally ``config_class``
+        (:class:`~bitsmith.protocols.Configurable`) and a ``registry=`` keyword.
 
-    Changed in 0.1: introduced.
+    Changed in 0.1: introduced; implementations are checked at registration.
     """
 
 
@@ -110,10 +117,11 @@ def observer(register):
 
     Called: the first time an observer is looked up (``QuantizationSpec.observer``).
 
-    :param register: ``register(name, factory)``; ``factory()`` returns a
+    :param register: ``register(name, factory)``; ``factory`` satisfies
+        :class:`bitsmith.protocols.ObserverFactory`: ``factory()`` returns a
         :class:`bitsmith.protocols.Observer`.
 
-    Changed in 0.1: introduced.
+    Changed in 0.1: introduced; implementations are checked at registration.
     """
 
 
