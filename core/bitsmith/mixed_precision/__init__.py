@@ -7,8 +7,8 @@
 2. :func:`generate_recipe` -> :class:`Recipe`: one candidate per layer for a target
    BPW or size, chosen by a registered search (``"greedy"``, ``"optimal"``);
    :func:`pareto_sweep` / :func:`plot_pareto` for a range of targets.
-3. :func:`apply_recipe` (or ``KMeansPalettizer(model, recipe.to_config())``):
-   the compressed model.
+3. :func:`apply_recipe` (or ``bitsmith.palettization.palettize(model, recipe.to_config(),
+   calibration_data)``, which runs the algorithm each layer's config names): the compressed model.
 
 Example::
 
