@@ -166,8 +166,9 @@ def load(text: Union[str, bytes], *, source: str = "<string>", limits: YamlLimit
         raise ConfigError(f"{source}: {size} bytes is larger than the {limits.max_bytes}-byte limit for YAML input")
     if isinstance(text, bytes):
         text = _decode(text, source)
-    loader = _Loader(text, limits)
+    loader = None
     try:
+        loader = _Loader(text, limits)  # the reader already refuses control characters here
         return loader.get_single_data()
     except _Problem as exc:
         raise ConfigError(f"{source}{_at(exc.mark)}: {exc.message}") from None
@@ -179,8 +180,11 @@ def load(text: Union[str, bytes], *, source: str = "<string>", limits: YamlLimit
         raise ConfigError(f"{source}: invalid YAML: {short(str(exc), 200)}") from None
     except RecursionError:
         raise ConfigError(f"{source}: nesting too deep to parse") from None
+    except (ValueError, OverflowError) as exc:  # PyYAML's own: '\U00ffffff' escapes, dates like 2001-13-45
+        raise ConfigError(f"{source}: invalid YAML value: {short(str(exc), 200)}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def read_text(path: Union[str, os.PathLike[str]], *, limits: YamlLimits = DEFAULT_LIMITS) -> str:

@@ -87,12 +87,14 @@ def load_job(source: Union[str, os.PathLike, dict]) -> MixedPrecisionJob:
     if isinstance(source, dict):
         data = source
         label = "job"
-    else:
+    elif isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.is_file():
             raise ConfigError(f"{path}: no such job file")
         label = str(path)
         data = safe_yaml.load_file(path)
+    else:
+        raise ConfigError(f"cannot load a job from {type(source).__name__}; give a YAML path or a mapping")
     prefix = ""
     if isinstance(data, dict) and set(data) == {JOB_KEY}:
         data, prefix = data[JOB_KEY], JOB_KEY + "."
