@@ -1,0 +1,127 @@
+"""bitsmith-refine: LUT/scale refinement keeps the layout and size and lowers the output error."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import bitsmith
+import bitsmith_refine.plugin as refine_plugin
+from bitsmith import compressed
+from bitsmith.config import KMeansPalettizerConfig, ModuleKMeansPalettizerConfig, PalettizationSpec
+from bitsmith.errors import CompressionError
+from bitsmith.palettization import Palettizer
+from bitsmith.plugins import Registry
+from bitsmith.sizes import model_size
+from bitsmith.testing import check_palettizer
+from bitsmith_refine import LOSSES, RefineOptions, RefinePalettizer, refine
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+
+def quantile_kmeans(x, k, *, sample_weight=None, seed=None):
+    """Deterministic stand-in for the kmeans clusterer: quantile centroids, nearest assignment."""
+    x = torch.as_tensor(x, dtype=torch.float32)
+    centroids = torch.unique(torch.quantile(x[:, 0], torch.linspace(0, 1, k))).reshape(-1, 1)
+    return centroids, torch.cdist(x, centroids).argmin(1)
+
+
+class KMeansStandIn:
+    @bitsmith.hookimpl
+    def cluster(self, register):
+        register("kmeans", quantile_kmeans)
+
+
+@pytest.fixture
+def registry() -> Registry:
+    return Registry(autoload=False, plugins=[refine_plugin, KMeansStandIn()])
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1, groups=16),
+                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)).eval()
+
+
+def _config(n_bits: int, scale: bool) -> KMeansPalettizerConfig:
+    return KMeansPalettizerConfig(global_config=ModuleKMeansPalettizerConfig(op_state_spec={"weight": PalettizationSpec(
+        n_bits=n_bits, enable_per_channel_scale=scale)}))
+
+
+def _data(seed: int, n: int = 4) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(8, 3, 8, 8, generator=gen) for _ in range(n)]
+
+
+def _kl(reference: nn.Module, model: nn.Module, batches: list[torch.Tensor]) -> float:
+    with torch.no_grad():
+        return sum(LOSSES["kl"](reference(b), model(b)).item() for b in batches) / len(batches)
+
+
+@pytest.mark.parametrize("scale", [False, True])
+def test_refine_keeps_indices_and_size_and_lowers_held_out_kl(registry, scale) -> None:
+    model = _net()
+    small = Palettizer(model, _config(2, scale), registry=registry).prepare()
+    before = {n: r for n, _, _, r in compressed.iter_records(small)}
+    result = refine(small, model, _data(1), validation=_data(2), options=RefineOptions(steps=60, lr=1e-2))
+    refined = result.model
+    assert refined is not small and result.refined == ("0.weight", "2.weight", "6.weight") and result.skipped == {}
+    assert model_size(refined) == model_size(small)
+    for name, module, tensor, record in compressed.iter_records(refined):
+        old = before[name]
+        assert torch.equal(record.indices, old.indices) and record.lut.shape == old.lut.shape
+        assert torch.equal(getattr(module, tensor), record.dequantize())  # the weight in effect is the record's
+        assert (record.per_channel_scale is None) == (not scale)
+    assert not torch.equal(before["6"].lut, dict((n, r) for n, _, _, r in compressed.iter_records(refined))["6"].lut)
+    assert 0 < result.best_step <= 60 and result.loss_after < 0.8 * result.loss_before
+    held_out = _data(3)
+    assert _kl(model, refined, held_out) < 0.8 * _kl(model, small, held_out)  # data neither step saw
+    assert result.parameters == sum(r.lut.numel() + (r.shape[0] if scale else 0) for r in before.values())
+    assert result.seconds > 0 and result.peak_rss_mib > 0
+
+
+def test_refine_keeps_the_model_when_no_step_helps(registry) -> None:
+    model = _net()
+    small = Palettizer(model, _config(4, False), registry=registry).prepare()
+    result = refine(small, model, _data(1, 1), options=RefineOptions(steps=2, lr=50.0, eval_every=1))
+    assert result.best_step == 0 and result.loss_after == result.loss_before
+    for (_, m1, t1, r1), (_, m2, t2, r2) in zip(compressed.iter_records(small), compressed.iter_records(result.model)):
+        assert torch.equal(r1.lut, r2.lut) and torch.equal(getattr(m1, t1), getattr(m2, t2))
+
+
+def test_refine_mse_loss_and_inplace(registry) -> None:
+    model = _net()
+    small = Palettizer(model, _config(2, True), registry=registry).prepare()
+    result = refine(small, model, _data(1), options=RefineOptions(steps=20, lr=1e-2, loss="mse", train_luts=False),
+                    inplace=True)
+    assert result.model is small and result.loss_after < result.loss_before
+    assert result.parameters == 16 + 16 + 10  # scales only
+
+
+def test_refine_rejects_bad_input_before_work(registry) -> None:
+    model = _net()
+    with pytest.raises(ValueError, match="no palettized tensor to refine"):
+        refine(model, model, _data(1))
+    small = Palettizer(model, _config(2, False), registry=registry).prepare()
+    with pytest.raises(ValueError, match="data: at least one"):
+        refine(small, model, [])
+    with pytest.raises(TypeError, match="options: expected RefineOptions"):
+        refine(small, model, _data(1), options={"steps": 3})
+    for kwargs, message in (({"steps": 0}, "steps: expected a positive integer, got 0"),
+                            ({"lr": -1.0}, "lr: expected a positive number"),
+                            ({"loss": "l1"}, "loss: 'l1' is not one of kl, mse"),
+                            ({"train_luts": False, "train_scales": False}, "at least one must be True")):
+        with pytest.raises(ValueError, match=message):
+            RefineOptions(**kwargs)
+
+
+def test_refine_palettizer_is_registered_and_conforms(registry) -> None:
+    assert registry.get("palettizer", "refine") is RefinePalettizer
+    check_palettizer(RefinePalettizer, registry=registry)
+    model = _net()
+    palettizer = RefinePalettizer(model, _config(2, True), registry=registry, options=RefineOptions(steps=30, lr=1e-2))
+    with pytest.raises(CompressionError, match="needs calibration batches"):
+        palettizer.prepare()
+    small = palettizer.prepare(_data(1))
+    assert palettizer.result.model is small and palettizer.result.loss_after < palettizer.result.loss_before
