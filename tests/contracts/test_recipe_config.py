@@ -109,3 +109,20 @@ def test_per_layer_options_reach_the_algorithm():
     assert records(out[0])["weight"].outliers is None
     outliers = records(out[2])["weight"].outliers
     assert outliers is not None and outliers.values.numel() == round(0.05 * model[2].weight.numel())
+
+
+@pytest.mark.slow
+def test_to_config_reproduces_apply_recipe_on_mobilenet_v2():
+    zoo = pytest.importorskip("bitsmith_zoo")
+    model = zoo.load_mobilenet_v2().eval()
+    data = zoo.image_crops(2, "heldout", size=64)
+    calibration = [zoo.image_crops(2, "calibration", size=64)]  # disjoint photos
+    layers = ["features.1.conv.1", "features.2.conv.0.0", "features.3.conv.1.0", "features.4.conv.2",
+              "features.5.conv.0.0", "features.6.conv.2"]  # small layers (pointwise and depthwise): fast
+    kinds = ["4-bit +scale @gptq", "3-bit @sensitive_kmeans", "2-bit g8", "4-bit +scale", "4-bit", "3-bit g8 @gptq"]
+    table = compute_sensitivity(model, data, kinds, metric="sqnr", layers=layers, cache_dir=None,
+                                calibration_data=calibration, progress=False)
+    recipe = _recipe_using_every_kind(table, kinds)
+    assert {e.candidate for e in recipe.layers} == set(kinds)
+    config = load(dump(recipe.to_config()))
+    _assert_same_model(apply_recipe(model, recipe, table=table), palettize(model, config, calibration))
