@@ -46,13 +46,17 @@ PRESETS = {
 }
 
 
-def build_llama(preset: str, seed: int = 0) -> torch.nn.Module:
-    """A random-init bf16 ``LlamaForCausalLM``: built on the meta device, storage allocated once in bf16."""
+def build_llama(preset: str, layers: int | None = None, seed: int = 0) -> torch.nn.Module:
+    """A random-init bf16 ``LlamaForCausalLM``: built on the meta device, storage allocated once in bf16.
+
+    ``layers`` overrides the preset's decoder layer count (same layer shapes, fewer layers).
+    """
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(**PRESETS[preset], torch_dtype="bfloat16")
+    shape = dict(PRESETS[preset], **({} if layers is None else {"num_hidden_layers": layers}))
+    cfg = LlamaConfig(**shape, dtype="bfloat16")
     with torch.device("meta"):
-        model = LlamaForCausalLM._from_config(cfg, torch_dtype=torch.bfloat16)
+        model = LlamaForCausalLM._from_config(cfg, dtype=torch.bfloat16)
     model = model.to_empty(device="cpu")
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -66,9 +70,24 @@ def build_llama(preset: str, seed: int = 0) -> torch.nn.Module:
     return model.eval()
 
 
+def _embedding_parameters(preset: str) -> int:
+    shape = PRESETS[preset]
+    return 2 * shape["vocab_size"] * shape["hidden_size"]  # untied input embedding and lm_head
+
+
+def _full_parameters(preset: str) -> int:
+    """Parameters of the preset's full model (Llama with n_heads == n_kv_heads)."""
+    s = PRESETS[preset]
+    h, f = s["hidden_size"], s["intermediate_size"]
+    return _embedding_parameters(preset) + s["num_hidden_layers"] * (4 * h * h + 3 * h * f + 2 * h) + h
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="small")
+    parser.add_argument("--layers", type=int, default=None,
+                        help="decoder layers (default: the preset's); the full model's time and peak are then "
+                             "extrapolated from this one's per-weight figures and printed as such")
     parser.add_argument("--group-size", type=int, default=16)
     parser.add_argument("--save", action="store_true", help="also save_pretrained the palettized model")
     parser.add_argument("--out", type=Path, default=None, help="folder for --save (must not exist)")
@@ -80,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     KMeansPalettizer(torch.nn.Sequential(torch.nn.Linear(64, 64)), config("per_tensor")).prepare(progress=False)
     proc = psutil.Process()
     t0 = time.perf_counter()
-    model = build_llama(args.preset)
+    model = build_llama(args.preset, args.layers)
     params = sum(p.numel() for p in model.parameters())
     bf16 = params * 2
     built_rss = proc.memory_info().rss
@@ -105,6 +124,17 @@ def main(argv: list[str] | None = None) -> int:
           f"{peak / bf16:.2f}x the bf16 model, +{(peak - built_rss) / GIB:.2f} GiB over the built model "
           f"({(peak - built_rss) / (params * 4):.2f}x fp32); {report.after.numel / 1e9:.2f}B weights at "
           f"{report.bpw:.3f} BPW all-in")
+    if args.layers is not None and args.layers != PRESETS[args.preset]["num_hidden_layers"]:
+        full = _full_parameters(args.preset)
+        per_layer = (params - _embedding_parameters(args.preset)) / args.layers
+        base = built_rss - bf16
+        extra_per_weight = (peak - built_rss) / params
+        result.update(full_parameters=full, extrapolated_prepare_s=seconds * full / params,
+                      extrapolated_peak_rss_gib=(base + full * 2 + full * extra_per_weight) / GIB)
+        print(f"extrapolated to the full {args.preset} model ({full / 1e9:.2f}B parameters, "
+              f"{PRESETS[args.preset]['num_hidden_layers']} layers of {per_layer / 1e6:.0f}M): prepare "
+              f"~{result['extrapolated_prepare_s']:.0f} s at this machine's current speed, peak RSS "
+              f"~{result['extrapolated_peak_rss_gib']:.1f} GiB (measured extra {extra_per_weight:.2f} bytes/weight)")
     if args.save:
         from bitsmith.pretrained import save_pretrained
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 
 from ..compressed import LutQuantization, PalettizedTensor
@@ -25,10 +26,18 @@ def layout_axis(spec: PalettizationSpec) -> int:
 
 
 def all_finite(t: torch.Tensor) -> bool:
-    """True when ``t`` holds no NaN or infinity: one reduction (``aminmax``), no boolean copy of ``t``."""
+    """True when ``t`` holds no NaN or infinity: its min and max (NaN propagates), no boolean copy of ``t``.
+
+    CPU tensors numpy can read are reduced by numpy, on the calling thread (a torch
+    reduction waits on an OpenMP team, slow on a busy machine); others by ``aminmax``.
+    """
     if t.numel() == 0:
         return True
-    lo, hi = t.detach().aminmax()
+    t = t.detach()
+    if t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64, torch.float16):
+        a = t.numpy()
+        return bool(np.isfinite(a.min()) and np.isfinite(a.max()))
+    lo, hi = t.aminmax()
     return bool(torch.isfinite(lo) & torch.isfinite(hi))
 
 
