@@ -6,8 +6,11 @@ chosen one at a time: column ``j`` takes the nearest LUT value of each row, and 
 rounding error, scaled by the inverse Hessian, is pushed onto the columns not yet
 chosen, so the layer's output error ``(w - q)^T H (w - q)`` stays small (the
 optimal-brain-surgeon update). Nearest-value rounding is the special case ``H = I``.
-Work is blocked (``block_size`` columns at a time, the rest updated by one matmul),
-in float64.
+Work is blocked (``block_size`` columns at a time, the rest updated by one matmul)
+and runs on the weight's device in its precision (float32 for float32, bf16 or fp16
+weights; float64 only when given float64). The inverse-Hessian factor, an O(D^3)
+step that the damping keeps well conditioned but that float32 can still break on
+near-singular input statistics, is computed in float64 on the Hessian's device.
 """
 
 from __future__ import annotations
@@ -56,11 +59,13 @@ def assign_indices(weight: torch.Tensor, luts: torch.Tensor, hinv_factor: torch.
     if luts.shape[:2] != (groups, rows) or hinv_factor.shape != (groups, d, d):
         raise ValueError(f"shapes: weight {tuple(weight.shape)}, luts {tuple(luts.shape)}, hinv_factor "
                          f"{tuple(hinv_factor.shape)} do not match")
-    w = weight.double().clone()
+    w = weight.to(_work_dtype(weight)).clone()
+    hinv_factor = hinv_factor.to(w)
     if order is not None:
+        order = order.to(w.device)
         w = torch.gather(w, 2, order.unsqueeze(1).expand(groups, rows, d))
-    values = luts.double()
-    out = torch.empty(groups, rows, d, dtype=torch.long)
+    values = luts.to(w)
+    out = torch.empty(groups, rows, d, dtype=torch.long, device=w.device)
     for start in range(0, d, block_size):
         stop = min(start + block_size, d)
         block = w[:, :, start:stop].clone()
@@ -91,10 +96,16 @@ def refit_scales(weight: torch.Tensor, normalized: torch.Tensor, hessian: torch.
         LUT values ``q`` (same shape); ``hessian``: ``(groups, D, D)``; ``scales``:
         ``(groups, rows)`` current scales, kept where the refit is not positive and finite.
     """
-    w, q, h = weight.double(), normalized.double(), hessian.double()
+    w = weight.to(_work_dtype(weight))
+    q, h = normalized.to(w), hessian.to(w)
     hq = q @ h  # (groups, rows, D); H is symmetric
     num = (hq * w).sum(-1)
     den = (hq * q).sum(-1)
     fitted = num / den
     ok = torch.isfinite(fitted) & (fitted > 0) & (den > 0)
-    return torch.where(ok, fitted, scales.double()).to(scales.dtype)
+    return torch.where(ok, fitted, scales.to(w)).to(device=scales.device, dtype=scales.dtype)
+
+
+def _work_dtype(weight: torch.Tensor) -> torch.dtype:
+    """float64 for float64 weights, else float32 (half-precision weights are computed in float32)."""
+    return torch.float64 if weight.dtype == torch.float64 else torch.float32

@@ -163,12 +163,14 @@ class GPTQPalettizer(Palettizer):
             return record
         self.skipped.pop(name, None)
         layout = layer_layout(item.module)
-        weight = getattr(item.module, item.tensor_name).detach().to("cpu", torch.float64)
+        weight = getattr(item.module, item.tensor_name).detach().float()  # on its own device, in float32
+        device = weight.device
         rows = weight.reshape(weight.shape[0], -1)
-        scale = None if record.per_channel_scale is None else record.per_channel_scale.detach().double().cpu()
+        scale = None if record.per_channel_scale is None else record.per_channel_scale.detach().to(device,
+                                                                                                    torch.float32)
         normalized = rows if scale is None else rows / scale[:, None]
-        lut = record.lut.detach().double().cpu()[:, :, 0]  # (n_luts, K)
-        lut_of_row = torch.arange(rows.shape[0]) // record.group_size
+        lut = record.lut.detach().to(device, torch.float32)[:, :, 0]  # (n_luts, K)
+        lut_of_row = torch.arange(rows.shape[0], device=device) // record.group_size
         g, r, d = layout.groups, layout.rows, layout.columns
         hessian = self._shrunk(self.sensitivity.hessian(name), self.sensitivity.counts[name],
                                self.sensitivity.samples)
@@ -186,8 +188,8 @@ class GPTQPalettizer(Palettizer):
         new_scale = record.per_channel_scale
         if scale is not None and self.refit:
             fitted = refit_scales(rows.reshape(g, r, d), chosen.reshape(g, r, d), hessian, scale.reshape(g, r))
-            new_scale = fitted.reshape(-1).to(record.per_channel_scale.dtype)
-        indices = index.reshape(record.indices.shape).to(record.indices.dtype)
+            new_scale = fitted.reshape(-1).to(record.per_channel_scale)
+        indices = index.reshape(record.indices.shape).to(record.indices.device, record.indices.dtype)
         return attrs.evolve(record, indices=indices.contiguous(), per_channel_scale=new_scale)
 
     def _shrunk(self, hessian: torch.Tensor, vectors: int, samples: int) -> torch.Tensor:
@@ -197,7 +199,7 @@ class GPTQPalettizer(Palettizer):
         if alpha == 0:
             return hessian
         mean = hessian.diagonal(dim1=1, dim2=2).mean(dim=1)
-        eye = torch.eye(d, dtype=hessian.dtype)
+        eye = torch.eye(d, dtype=hessian.dtype, device=hessian.device)
         return (1 - alpha) * hessian + alpha * mean[:, None, None] * eye
 
     def _unsupported(self, item: ResolvedTensor, record: compressed.PalettizedTensor) -> Optional[str]:

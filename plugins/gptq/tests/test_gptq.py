@@ -241,3 +241,27 @@ def test_sensitivity_cache_is_keyed_by_the_calibration_data(tmp_path):
     other = table([torch.rand(8, 3, 8, 8)])
     assert other.meta["pairs_scored"] == 2  # other calibration data: other GPTQ records, not the cached ones
     assert table(None).meta["pairs_scored"] == 2  # calibrated on the scoring data
+
+
+def test_float32_assignment_matches_float64():
+    """The column loop runs in the weight's precision (float32 here); float64 gives the same choices."""
+    torch.manual_seed(4)
+    x = torch.randn(500, 48) @ torch.randn(48, 48) + 0.3
+    h = (x.T.double() @ x.double() / 500).unsqueeze(0)
+    w = torch.randn(1, 64, 48)
+    luts = torch.linspace(-2, 2, 8).expand(1, 64, 8)
+    factor = inverse_hessian_factor(h)
+    single = assign_indices(w, luts, factor, block_size=16)
+    double = assign_indices(w.double(), luts.double(), factor, block_size=16)
+    assert single.dtype == torch.long and single.device == w.device
+    assert (single == double).float().mean().item() > 0.99
+
+    def out_err(index):
+        e = (w.double() - torch.gather(luts.double(), 2, index))[0]
+        return torch.einsum("rd,de,re->", e, h[0], e).item()
+
+    assert out_err(single) == pytest.approx(out_err(double), rel=0.01)
+    fitted = refit_scales(w, torch.gather(luts, 2, single), h, torch.ones(1, 64))
+    assert fitted.dtype == torch.float32
+    torch.testing.assert_close(fitted, refit_scales(w.double(), torch.gather(luts, 2, single).double(), h,
+                                                    torch.ones(1, 64, dtype=torch.float64)).float())
