@@ -103,7 +103,7 @@ def main() -> None:
           f"scoring {s['score']:.1f} s")
     print("First five layers, seed 000's candidates:")
     print(table.select(candidates=SEED_CANDIDATES).format(5))
-    table.save(out / "sensitivity.csv")
+    table.save(out / "sensitivity.csv", overwrite=True)  # the demo regenerates its own folder
 
     # ------------------------------------------------------------------ stage 2: recipes
     start = clock()
@@ -115,7 +115,7 @@ def main() -> None:
         for search in ("greedy", "optimal"):
             recipe = generate_recipe(sub, target_bpw=args.target_bpw, search=search)
             recipes[(set_name, search)] = recipe
-            recipe.save(out / f"recipe_{set_name.replace('/', '_')}_{search}.yaml")
+            recipe.save(out / f"recipe_{set_name.replace('/', '_')}_{search}.yaml", overwrite=True)
     lap("stage 2: recipes (4 searches)", start)
     main_key = ("rich", "optimal") if ("rich", "optimal") in recipes else ("2/4/6-bit", "optimal")
     print(f"\nStage 2 - recipe ({main_key[1]} search, {main_key[0]} candidates, target {args.target_bpw:g} BPW):")
@@ -175,7 +175,7 @@ def main() -> None:
     try:
         plot_pareto(sweeps, out / "pareto.png", ylabel="top-1 agreement with fp32 (held-out crops)",
                     baselines={"uniform 4-bit": (u_size.bpw, u_fid["value"])},
-                    title="MobileNetV2: mixed-precision palettization")
+                    title="MobileNetV2: mixed-precision palettization", overwrite=True)
         print(f"plot: {out / 'pareto.png'}")
     except ImportError as exc:
         print(f"(no plot: {exc})")

@@ -89,3 +89,34 @@ def test_symlink_out_of_the_output_folder_is_refused(file_registry, tmp_path):
     lines = _problems(_export("link/m.bin"), file_registry, tmp_path)
     assert len(lines) == 1 and lines[0].startswith("steps.0: ") and "leads outside the output folder" in lines[0]
     assert list(outside.iterdir()) == []
+
+
+def test_mixed_precision_job_refuses_existing_outputs_before_work(tmp_path):
+    from bitsmith.mixed_precision.job import load_job, run_job
+
+    out = tmp_path / "mp"
+    out.mkdir()
+    (out / "sensitivity.csv").write_text("keep")
+    (out / "config_optimal.yaml").write_text("keep")
+    job = load_job({"model": "no_such_module:build", "data": "no_such_module:data", "target_bpw": 4,
+                    "search": ["greedy", "optimal"], "out": str(out)})
+    with pytest.raises(ConfigError) as info:
+        run_job(job, echo=lambda _: None)  # refused before the (unimportable) model is even looked up
+    assert info.value.lines == [
+        f"out: refusing to replace existing file '{out / 'sensitivity.csv'}'; pass overwrite=True (CLI: --overwrite) "
+        "to replace it",
+        f"out: refusing to replace existing file '{out / 'config_optimal.yaml'}'; pass overwrite=True "
+        "(CLI: --overwrite) to replace it"]
+    assert sorted(p.name for p in out.iterdir()) == ["config_optimal.yaml", "sensitivity.csv"]
+
+
+def test_config_dump_is_atomic_and_refuses_existing(tmp_path):
+    from bitsmith.atomic import OverwriteError
+    from bitsmith.config import KMeansPalettizerConfig, dump, load
+
+    path = tmp_path / "c.yaml"
+    dump(KMeansPalettizerConfig(), path)
+    with pytest.raises(OverwriteError, match="c.yaml"):
+        dump(KMeansPalettizerConfig(), path)
+    dump(KMeansPalettizerConfig(), path, overwrite=True)
+    assert load(path) == KMeansPalettizerConfig()

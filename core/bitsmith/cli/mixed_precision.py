@@ -47,6 +47,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--pareto", nargs="+", type=float, metavar="BPW", help="also sweep these targets and plot")
     p.add_argument("--head", type=int, default=5, help="layers of the sensitivity table to print; default 5")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--overwrite", action="store_true", help="replace files an earlier run left in --out")
+    p.add_argument("--path", action="append", default=[], metavar="DIR",
+                   help="also import --model/--data modules from DIR (appended after the installed packages; "
+                        "repeatable); nothing else is added to sys.path")
     p.set_defaults(func=run)
 
 
@@ -71,6 +75,8 @@ def job_from_args(args: argparse.Namespace) -> Any:
         values["cache_dir"] = None
     if args.no_progress:
         values["progress"] = False
+    if args.overwrite:
+        values["overwrite"] = True
     for required in ("model", "data"):
         if not values.get(required):
             raise ConfigError(f"{required}: required (--{required} MODULE:FUNCTION or {JOB_KEY}.{required} in --config)")
@@ -80,6 +86,8 @@ def job_from_args(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     """Run the job; errors in flags or the job file exit with code 2 (path-precise message)."""
     from ..mixed_precision.job import run_job
+    from ..pipeline.imports import extra_sys_path
 
-    run_job(job_from_args(args), head=args.head)
+    with extra_sys_path(args.path):
+        run_job(job_from_args(args), head=args.head)
     return 0

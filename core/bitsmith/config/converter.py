@@ -21,7 +21,7 @@ import yaml
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
-from .. import safe_yaml
+from .. import atomic, safe_yaml
 from ..errors import ConfigError
 from . import palettization as pal
 from . import quantization as quant
@@ -281,9 +281,9 @@ def load(source: Union[str, os.PathLike, dict, Any], cls: type[T] | None = None)
     raise ConfigError(f"cannot load a config from {type(source).__name__}")
 
 
-def dump(obj: Any, path: Union[str, os.PathLike, None] = None) -> str:
-    """YAML text of ``obj``; also written to ``path`` when given."""
+def dump(obj: Any, path: Union[str, os.PathLike, None] = None, *, overwrite: bool = False) -> str:
+    """YAML text of ``obj``; also written atomically to ``path`` when given (replacing a file only with ``overwrite``)."""
     text = to_yaml(obj)
     if path is not None:
-        Path(path).write_text(text)
+        atomic.write_text(path, text, overwrite=overwrite)
     return text

@@ -74,6 +74,7 @@ class MixedPrecisionJob:
     num_workers: int = 1
     pareto: Optional[list[float]] = None
     progress: Optional[bool] = None
+    overwrite: bool = False
 
     def __attrs_post_init__(self) -> None:
         if (self.target_bpw is None) == (self.target_size is None):
@@ -115,6 +116,25 @@ def load_job(source: Union[str, os.PathLike, dict]) -> MixedPrecisionJob:
     return job
 
 
+def _check_outputs(job: MixedPrecisionJob) -> None:
+    """Refuse, before any work, files of ``job.out`` that exist (unless ``job.overwrite``); all listed at once."""
+    from ..atomic import OverwriteError, check_can_write
+
+    out = Path(job.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out: {out} exists and is not a folder")
+    names = ["sensitivity.csv", "sensitivity.json"] + [f"{kind}_{search}.yaml" for search in job.search
+                                                       for kind in ("recipe", "config")]
+    lines = []
+    for name in names + (["pareto.png"] if job.pareto else []):
+        try:
+            check_can_write(out / name, overwrite=job.overwrite)
+        except OverwriteError as exc:
+            lines.append(f"out: {exc}")
+    if lines:
+        raise ConfigError(lines)
+
+
 def run_job(job: MixedPrecisionJob, *, echo: Callable[[str], None] = print, head: int = 5) -> dict[str, Any]:
     """Run the three stages for ``job``; returns ``{"table", "recipes", "sweeps", "files"}`` and echoes a report."""
     from ..loading import import_callable
@@ -123,6 +143,7 @@ def run_job(job: MixedPrecisionJob, *, echo: Callable[[str], None] = print, head
     from .sensitivity import compute_sensitivity
     from .targets import check_target
 
+    _check_outputs(job)
     build_model = import_callable(job.model, field="model")
     load_data = import_callable(job.data, field="data")
     model, data = build_model(), load_data()
@@ -132,7 +153,7 @@ def run_job(job: MixedPrecisionJob, *, echo: Callable[[str], None] = print, head
                                 engine=job.engine, progress=job.progress)
     out = Path(job.out)
     out.mkdir(parents=True, exist_ok=True)
-    files = [table.save(out / "sensitivity.csv"), table.save(out / "sensitivity.json")]
+    files = [table.save(out / name, overwrite=job.overwrite) for name in ("sensitivity.csv", "sensitivity.json")]
     seconds = table.meta["seconds"]
     echo(f"sensitivity: {len(table.layers)} layers x {len(table.candidates)} candidates, engine "
          f"{table.meta['engine']}, {seconds['total']:.1f} s ({table.meta['pairs_scored']} pairs scored)")
@@ -141,9 +162,9 @@ def run_job(job: MixedPrecisionJob, *, echo: Callable[[str], None] = print, head
     for search in job.search:
         recipe = generate_recipe(table, target_bpw=job.target_bpw, target_size=job.target_size, search=search)
         recipes[search] = recipe
-        files.append(recipe.save(out / f"recipe_{search}.yaml"))
+        files.append(recipe.save(out / f"recipe_{search}.yaml", overwrite=job.overwrite))
         config_path = out / f"config_{search}.yaml"
-        dump(recipe.to_config(), config_path)
+        dump(recipe.to_config(), config_path, overwrite=job.overwrite)
         files.append(config_path)
         echo("")
         echo(recipe.summary())
@@ -152,7 +173,7 @@ def run_job(job: MixedPrecisionJob, *, echo: Callable[[str], None] = print, head
             echo(sweeps[search].format())
     if sweeps:
         try:
-            plot_pareto(sweeps, out / "pareto.png")
+            plot_pareto(sweeps, out / "pareto.png", overwrite=job.overwrite)
             files.append(out / "pareto.png")
         except ImportError as exc:
             echo(f"(no plot: {exc})")

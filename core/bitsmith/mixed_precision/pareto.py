@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Union
 
 from attrs import define, field
 
-from .. import plugins
+from .. import atomic, plugins
 from ..errors import ConfigError
 from ..table import format_number, format_table
 from .recipe import Recipe, generate_recipe
@@ -120,8 +120,10 @@ def pareto_sweep(table: SensitivityTable, targets: Iterable[float], search: str 
 
 def plot_pareto(sweeps: Union[ParetoSweep, Mapping[str, ParetoSweep]], path: Union[str, Path, None] = None, *,
                 y: str = "auto", ylabel: Optional[str] = None, baselines: Optional[Mapping[str, tuple[float, float]]] = None,
-                title: Optional[str] = None) -> Any:
+                title: Optional[str] = None, overwrite: bool = False) -> Any:
     """Plot metric vs realized all-in BPW for one or several sweeps; returns the matplotlib ``Figure``.
+
+    With ``path`` the figure is written atomically; an existing file only with ``overwrite=True``.
 
     :param sweeps: a sweep, or ``{"label": sweep}`` for several curves.
     :param path: save the figure there (``.png``, ``.svg``, ``.pdf``) when given.
@@ -160,8 +162,8 @@ def plot_pareto(sweeps: Union[ParetoSweep, Mapping[str, ParetoSweep]], path: Uni
     ax.legend()
     fig.tight_layout()
     if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120)
+        with atomic.temp_path(path, overwrite=overwrite) as tmp:
+            fig.savefig(tmp, dpi=120)
     return fig
 
 

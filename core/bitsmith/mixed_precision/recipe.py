@@ -26,7 +26,7 @@ import yaml
 from attrs import define, field
 from torch import nn
 
-from .. import compressed, plugins
+from .. import atomic, compressed, plugins, safe_yaml
 from ..config import KMeansPalettizerConfig, ModuleKMeansPalettizerConfig, PalettizationSpec, from_dict, to_dict
 from ..errors import CompressionError, ConfigError
 from ..palettization.apply import palettize, split_by_algorithm, transplant_record
@@ -231,16 +231,19 @@ class Recipe:
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ConfigError(f"{source}: malformed recipe ({type(exc).__name__}: {exc})") from None
 
-    def save(self, path: Union[str, Path]) -> Path:
-        """Write ``.yaml``/``.yml`` or ``.json`` (by extension); returns the path."""
+    def save(self, path: Union[str, Path], *, overwrite: bool = False) -> Path:
+        """Write ``.yaml``/``.yml`` or ``.json`` (by extension) atomically; returns the path.
+
+        An existing file is replaced only with ``overwrite=True`` (:mod:`bitsmith.atomic`).
+        """
         path = Path(path)
         if path.suffix in (".yaml", ".yml"):
-            path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+            text = yaml.safe_dump(self.to_dict(), sort_keys=False)
         elif path.suffix == ".json":
-            path.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+            text = json.dumps(self.to_dict(), indent=1) + "\n"
         else:
             raise ValueError(f"{path}: save a recipe as .yaml, .yml or .json")
-        return path
+        return atomic.write_text(path, text, overwrite=overwrite)
 
     @classmethod
     def load(cls, path: Union[str, Path]) -> "Recipe":
@@ -248,10 +251,7 @@ class Recipe:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"{path}: no such recipe file")
-        try:
-            data = yaml.safe_load(path.read_text())  # JSON is YAML
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: invalid YAML/JSON: {exc}") from None
+        data = safe_yaml.load_file(path)  # JSON is YAML
         return cls.from_dict(data, source=str(path))
 
 

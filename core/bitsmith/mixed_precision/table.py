@@ -18,6 +18,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 import torch
 from attrs import define, evolve, field
 
+from .. import atomic
 from ..compressed import PalettizedTensor
 from ..config import PalettizationSpec, from_dict, to_dict
 from ..errors import ConfigError
@@ -256,16 +257,19 @@ class SensitivityTable:
                 raise ConfigError(f"{source}:{line_no}: bad row ({exc})") from None
         return cls.from_dict({**header, "rows": rows}, source=source)
 
-    def save(self, path: Union[str, Path]) -> Path:
-        """Write ``.csv`` or ``.json`` (by extension); returns the path."""
+    def save(self, path: Union[str, Path], *, overwrite: bool = False) -> Path:
+        """Write ``.csv`` or ``.json`` (by extension) atomically; returns the path.
+
+        An existing file is replaced only with ``overwrite=True`` (:mod:`bitsmith.atomic`).
+        """
         path = Path(path)
         if path.suffix == ".csv":
-            path.write_text(self.to_csv())
+            text = self.to_csv()
         elif path.suffix == ".json":
-            path.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+            text = json.dumps(self.to_dict(), indent=1) + "\n"
         else:
             raise ValueError(f"{path}: save a sensitivity table as .csv or .json")
-        return path
+        return atomic.write_text(path, text, overwrite=overwrite)
 
     @classmethod
     def load(cls, path: Union[str, Path]) -> "SensitivityTable":
