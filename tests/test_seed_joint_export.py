@@ -161,3 +161,30 @@ def test_coreml(joint, tmp_path):
     ops = [op.op_type for f in mlmodel._mil_program.functions.values() for op in f.operations]
     assert ops.count("constexpr_lut_to_dense") == 4, "every palettized weight stays a LUT (no silent dense copy)"
     assert ops.count("quantize") >= 4 and ops.count("dequantize") >= 4
+
+
+def test_restore_dense_undoes_a_conversion_and_names_a_tensor_without_record():
+    from bitsmith.export import converted_tensors, restore_dense
+
+    if "coreai" not in registry.names("export_backend"):
+        pytest.skip("export backend 'coreai' is not installed")
+    from bitsmith.config import PalettizationSpec
+    from bitsmith.palettization import palettize_tensor
+
+    model = make_model()
+    clusterer = registry.get("cluster", "kmeans") if "kmeans" in registry.names("cluster") else None
+    if clusterer is None:
+        pytest.skip("cluster 'kmeans' is not installed")
+    compressed.apply(model.head, "weight", palettize_tensor(model.head.weight, PalettizationSpec(n_bits=2), clusterer))
+    with torch.no_grad():
+        reference = model(HELD_OUT)
+    converted = opt.finalize(model, "coreai")
+    assert converted_tensors(converted) == ["head.weight"]
+    assert restore_dense(converted) == 1 and converted_tensors(converted) == []
+    assert type(converted.head) is nn.Conv2d and "weight_indices" not in dict(converted.head.named_buffers())
+    with torch.no_grad():
+        assert torch.equal(converted(HELD_OUT), reference)
+    again = opt.finalize(model, "coreai")
+    compressed.detach(again.head, "weight")
+    with pytest.raises(opt.CompressionError, match=r"head\.weight: was converted by an export backend but carries no"):
+        restore_dense(again)
