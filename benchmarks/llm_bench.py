@@ -125,16 +125,20 @@ def main(argv: list[str] | None = None) -> int:
           f"({(peak - built_rss) / (params * 4):.2f}x fp32); {report.after.numel / 1e9:.2f}B weights at "
           f"{report.bpw:.3f} BPW all-in")
     if args.layers is not None and args.layers != PRESETS[args.preset]["num_hidden_layers"]:
+        # The records' uint8 indices (1 byte per weight) grow with the model; the temporaries of the
+        # layer being palettized do not (this slice already holds the largest layers, the embeddings).
         full = _full_parameters(args.preset)
         per_layer = (params - _embedding_parameters(args.preset)) / args.layers
         base = built_rss - bf16
-        extra_per_weight = (peak - built_rss) / params
+        layer_temps = max(0, peak - built_rss - params)
         result.update(full_parameters=full, extrapolated_prepare_s=seconds * full / params,
-                      extrapolated_peak_rss_gib=(base + full * 2 + full * extra_per_weight) / GIB)
+                      layer_temporaries_gib=layer_temps / GIB,
+                      extrapolated_peak_rss_gib=(base + full * 2 + full + layer_temps) / GIB)
         print(f"extrapolated to the full {args.preset} model ({full / 1e9:.2f}B parameters, "
               f"{PRESETS[args.preset]['num_hidden_layers']} layers of {per_layer / 1e6:.0f}M): prepare "
-              f"~{result['extrapolated_prepare_s']:.0f} s at this machine's current speed, peak RSS "
-              f"~{result['extrapolated_peak_rss_gib']:.1f} GiB (measured extra {extra_per_weight:.2f} bytes/weight)")
+              f"~{result['extrapolated_prepare_s']:.0f} s at this machine's current speed; peak RSS "
+              f"~{result['extrapolated_peak_rss_gib']:.1f} GiB = process {base / GIB:.2f} + bf16 model "
+              f"{full * 2 / GIB:.2f} + indices {full / GIB:.2f} + one layer's temporaries {layer_temps / GIB:.2f}")
     if args.save:
         from bitsmith.pretrained import save_pretrained
 
