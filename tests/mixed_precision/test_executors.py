@@ -44,7 +44,14 @@ def test_dask_cluster_equals_sequential(mlp, data, registry, tmp_path):
     with distributed.LocalCluster(processes=True, n_workers=2, threads_per_worker=1, dashboard_address=None,
                                   local_directory=str(tmp_path)) as cluster, distributed.Client(cluster) as client:
         client.upload_file(mp_helpers.__file__)  # the test clusterer lives in a test helper module
+        executor = client.get_executor()
+        submitted, submit = [], executor.submit
+        executor.submit = lambda fn, *args, **kwargs: submitted.append(args) or submit(fn, *args, **kwargs)
         pooled = compute_sensitivity(mlp, data, CANDIDATES, cache_dir=tmp_path / "cache", registry=registry,
-                                     executor=client.get_executor())
+                                     executor=executor)
     assert pooled.meta["pairs_scored"] == 8 and pooled.meta["engine"] == "fast"
     assert _rows(pooled) == _rows(sequential)
+    # scoring units refer to the model and data scattered once to every worker; none carries a model
+    units = [args for args in submitted if isinstance(args[0], distributed.Future)]
+    assert len(units) >= 2 and len({args[0].key for args in units}) == 1
+    assert not any(isinstance(a, torch.nn.Module) for args in submitted for a in args)
