@@ -177,7 +177,8 @@ class Registry:
 
     def _load_entry_point(self, ep: EntryPoint) -> PluginRecord:
         dist = _dist_name(ep)
-        version = ep.dist.version if getattr(ep, "dist", None) is not None else None
+        found = getattr(ep, "dist", None)
+        version = found.version if found is not None else None
         record = PluginRecord(name=ep.name, dist=dist, version=version, source=f"entry point {ep.value}")
         try:
             plugin = ep.load()

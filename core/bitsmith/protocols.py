@@ -267,7 +267,7 @@ OPTIONAL_CAPABILITIES: dict[str, tuple[type, ...]] = {
 (``DataDrivenPalettizer`` on the instance), plus :func:`accepts_registry` for factories."""
 
 
-def config_class_of(factory: Any, default: type) -> type:
+def config_class_of(factory: Any, default: type) -> Any:
     """The config class a palettizer/quantizer class takes: its ``config_class`` (:class:`Configurable`), else ``default``."""
     return factory.config_class if isinstance(factory, Configurable) else default
 

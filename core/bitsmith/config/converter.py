@@ -70,7 +70,7 @@ def _strict(kind: type, label: str):
 
 
 def _attrs_hook_factory(cls: type):
-    inner = make_dict_structure_fn(cls, converter, _cattrs_forbid_extra_keys=True)
+    inner: Any = make_dict_structure_fn(cls, converter, _cattrs_forbid_extra_keys=True)
 
     def structure(value: Any, _type: Any) -> Any:
         if isinstance(value, cls):

@@ -129,7 +129,7 @@ class ModuleKMeansPalettizerConfig:
         factory=default_op_state_spec, validator=_spec_map("op_state_spec")
     )
     op_type_config: dict[str, Optional[OpKMeansPalettizerConfig]] = field(
-        factory=dict, converter=_type_keys("op_type_config"), validator=_op_map("op_type_config")
+        factory=dict, converter=_type_keys("op_type_config"), validator=_op_map("op_type_config")  # type: ignore[misc]
     )
     op_name_config: dict[str, Optional[OpKMeansPalettizerConfig]] = field(
         factory=dict, validator=_op_map("op_name_config")
@@ -201,9 +201,9 @@ class KMeansPalettizerConfig:
     options_field: ClassVar[Optional[str]] = None
     """Name of the field holding the algorithm's own options (``"skm"``, ``"dkm"``), ``None`` if it has none."""
 
-    global_config: Optional[ModuleKMeansPalettizerConfig] = field(default=UNSET, validator=_global)
+    global_config: Optional[ModuleKMeansPalettizerConfig] = field(default=UNSET, validator=_global)  # type: ignore[assignment]
     module_type_configs: dict[str, Optional[ModuleKMeansPalettizerConfig]] = field(
-        factory=dict, converter=_type_keys("module_type_configs"), validator=_module_map("module_type_configs")
+        factory=dict, converter=_type_keys("module_type_configs"), validator=_module_map("module_type_configs")  # type: ignore[misc]
     )
     module_name_configs: dict[str, Optional[ModuleKMeansPalettizerConfig]] = field(
         factory=dict, validator=_module_map("module_name_configs")

@@ -111,7 +111,7 @@ class ModuleQuantizerConfig:
     op_output_spec: Optional[dict[str, Optional[QuantizationSpec]]] = field(
         factory=_default_io, validator=_qspec_map("op_output_spec"))
     op_type_config: dict[str, Optional[OpQuantizerConfig]] = field(
-        factory=dict, converter=_type_keys("op_type_config"), validator=_typed_map("op_type_config", "OpQuantizerConfig"))
+        factory=dict, converter=_type_keys("op_type_config"), validator=_typed_map("op_type_config", "OpQuantizerConfig"))  # type: ignore[misc]
     op_name_config: dict[str, Optional[OpQuantizerConfig]] = field(
         factory=dict, validator=_typed_map("op_name_config", "OpQuantizerConfig"))
     module_state_spec: dict[str, Optional[QuantizationSpec]] = field(
@@ -153,9 +153,9 @@ class QuantizerConfig:
     yaml_key: ClassVar[str] = "quantization_config"
     """Top-level key of this class's YAML documents; a plugin's config class sets its own."""
 
-    global_config: Optional[ModuleQuantizerConfig] = field(default=UNSET, validator=_global)
+    global_config: Optional[ModuleQuantizerConfig] = field(default=UNSET, validator=_global)  # type: ignore[assignment]
     module_type_configs: dict[str, Optional[ModuleQuantizerConfig]] = field(
-        factory=dict, converter=_type_keys("module_type_configs"), validator=_typed_map("module_type_configs", "ModuleQuantizerConfig"))
+        factory=dict, converter=_type_keys("module_type_configs"), validator=_typed_map("module_type_configs", "ModuleQuantizerConfig"))  # type: ignore[misc]
     module_name_configs: dict[str, Optional[ModuleQuantizerConfig]] = field(
         factory=dict, validator=_typed_map("module_name_configs", "ModuleQuantizerConfig"))
 

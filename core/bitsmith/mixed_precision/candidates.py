@@ -121,8 +121,8 @@ def parse_candidate(text: str) -> Candidate:
     """Parse a candidate label (module docstring grammar); :class:`ConfigError` explains a bad one."""
     if not isinstance(text, str) or not text.strip():
         raise ConfigError(f"candidate: expected a label such as '4-bit g16', got {text!r}")
-    body, _, palettizer = text.strip().partition("@")
-    palettizer = palettizer.strip() or None
+    body, _, suffix = text.strip().partition("@")
+    palettizer = suffix.strip() or None
     tokens = body.split()
     if not tokens:
         raise ConfigError(f"candidate {text!r}: missing the bit width, e.g. '4-bit'")
@@ -205,7 +205,7 @@ def resolve_candidates(candidates: Optional[Iterable[CandidateLike]]) -> list[Ca
                             f"got {type(item).__name__}")
     if not out:
         raise ConfigError("candidates: the list is empty")
-    seen: dict[str, int] = {}
+    seen: dict[Optional[str], int] = {}
     for i, cand in enumerate(out):
         if cand.label in seen:
             raise ConfigError(f"candidates[{i}]: label {cand.label!r} repeats candidates[{seen[cand.label]}]")

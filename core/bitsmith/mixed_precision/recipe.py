@@ -291,7 +291,7 @@ def generate_recipe(table: SensitivityTable, target_bpw: Optional[float] = None,
         raise CompressionError(f"layers without any scored candidate: {', '.join(missing)}")
     options = [grouped[name] for name in table.layer_names]
     total = table.total_weights
-    budget = (target_bpw * total) if target_bpw is not None else (target_size * 8 * 2**20 - table.uncompressed_bits)
+    budget = (target * total) if target_bpw is not None else (target * 8 * 2**20 - table.uncompressed_bits)
     distortions = _finite_distortions(options)
     problem = RecipeProblem(layers=table.layer_names, costs=[[float(r.bits) for r in rows] for rows in options],
                             distortions=distortions, budget=float(budget))
@@ -371,9 +371,9 @@ def apply_recipe(model: nn.Module, recipe: Recipe, *, table: Optional[Sensitivit
         prepared = palettize(model, _config(leftover), calibration_data, registry=registry, progress=progress,
                              executor=executor, num_workers=num_workers)
         for entry in leftover:
-            rec = compressed.records(prepared.get_submodule(entry.layer)).get(entry.tensor)
-            if not isinstance(rec, compressed.PalettizedTensor):
+            found = compressed.records(prepared.get_submodule(entry.layer)).get(entry.tensor)
+            if not isinstance(found, compressed.PalettizedTensor):
                 raise CompressionError(f"{entry.layer}.{entry.tensor}: palettizer {entry.palettizer!r} attached no "
                                        "palettized record")
-            transplant_record(out, entry.layer, entry.tensor, rec)
+            transplant_record(out, entry.layer, entry.tensor, found)
     return out

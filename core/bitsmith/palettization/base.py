@@ -43,7 +43,7 @@ class Palettizer:
     """
 
     algorithm: ClassVar[str] = "kmeans"
-    config_class: ClassVar[type] = KMeansPalettizerConfig
+    config_class: ClassVar[type[KMeansPalettizerConfig]] = KMeansPalettizerConfig
 
     def __init__(self, model: nn.Module, config: Any = None, *, registry: Optional[plugins.Registry] = None):
         if not isinstance(model, nn.Module):
