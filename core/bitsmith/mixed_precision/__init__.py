@@ -2,8 +2,11 @@
 
 1. :func:`compute_sensitivity` -> :class:`SensitivityTable`: every layer compressed
    alone with every candidate, scored against the uncompressed outputs by a
-   registered metric; cached on disk, resumable, parallel on any executor, with a
-   fast torch.fx engine that re-runs only the graph after the changed layer.
+   registered metric; cached on disk, resumable, parallel on any executor (Dask:
+   model and data sent once per worker), on the weights' device or ``device=``.
+   Exact engines re-run only what follows the changed layer: ``fast`` (torch.fx)
+   and ``block`` (eager replay of module calls, for models fx cannot trace, such as
+   transformers); ``local`` scores each layer on its own output for large models.
 2. :func:`generate_recipe` -> :class:`Recipe`: one candidate per layer for a target
    BPW or size, chosen by a registered search (``"greedy"``, ``"optimal"``);
    :func:`pareto_sweep` / :func:`plot_pareto` for a range of targets.
