@@ -113,3 +113,25 @@ def test_missing_file_and_bad_values(tmp_path, capsys):
     assert "no such pipeline file" in capsys.readouterr().err
     assert main(["config", "validate", str(tmp_path / "nope.yaml")]) == 2
     _no_traceback(capsys.readouterr().err)
+
+
+def test_verbose_flag_shows_bitsmith_diagnostics(job, tmp_path, capsys):
+    job.write_text(job.read_text().replace("conv9", "\"0\""))  # a key that matches
+    assert main(["compress", str(job), "-o", str(tmp_path / "quiet"), "-q"]) == 0
+    assert "bitsmith: INFO" not in capsys.readouterr().err
+    assert main(["-v", "compress", str(job), "-o", str(tmp_path / "loud"), "-q"]) == 0
+    err = capsys.readouterr().err
+    assert "bitsmith: INFO: bitsmith.pipeline: step 1/2: palettize kmeans" in err
+    assert "bitsmith: INFO: bitsmith.pipeline: step 2/2: export torch" in err
+
+
+def test_mixed_precision_cli_target_below_reach_and_path(job, tmp_path, capsys):
+    args = ["mixed-precision", "--model", "h16_cli_models:build", "--data", "h16_cli_models:data",
+            "--out", str(tmp_path / "mp"), "--no-cache", "--no-progress", "--candidates", "2-bit", "4-bit"]
+    assert main([*args, "--target-bpw", "1"]) == 2  # h16_cli_models is not importable without --path
+    assert "model: cannot import module 'h16_cli_models'" in capsys.readouterr().err
+    assert main([*args, "--target-bpw", "1", "--path", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    _no_traceback(err)
+    assert "target_bpw: 1 is below the smallest recipe; reachable with these candidates:" in err
+    assert not (tmp_path / "mp").exists()

@@ -61,7 +61,8 @@ def test_activation_hooks_fake_quantize_inputs_and_outputs():
                                                             spec=QuantizationSpec(dtype="int8")))
     x = torch.randn(5, 4)
     plain = model(x)
-    assert enable_activation_quant(model) == 1 and enable_activation_quant(model) == 0  # idempotent
+    assert enable_activation_quant(model) == 1 and enable_activation_quant(model) == 1  # idempotent: same hooks again
+    assert len(model[0]._forward_pre_hooks) == 1 and len(model[0]._forward_hooks) == 1
     xq = torch.clamp(torch.round(x / 0.1) + 2, -128, 127)
     with torch.no_grad():
         out = model(x)
