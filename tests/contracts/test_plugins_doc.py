@@ -1,8 +1,7 @@
-"""docs/plugins.md lists the whole contract: every hook with its signature, every protocol member, every check."""
+"""docs/plugins.md lists the whole contract: every protocol member and every check (hook signatures: tests/test_docs.py)."""
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 
 import pytest
@@ -14,12 +13,6 @@ DOC = (Path(__file__).resolve().parents[2] / "docs" / "plugins.md").read_text()
 CAPABILITIES = sorted({cap for caps in protocols.OPTIONAL_CAPABILITIES.values() for cap in caps}, key=lambda c: c.__name__)
 ALL_PROTOCOLS = sorted(set(protocols.PROTOCOLS.values()) | set(CAPABILITIES)
                        | {protocols.Palettizer, protocols.Quantizer, protocols.Observer}, key=lambda c: c.__name__)
-
-
-@pytest.mark.parametrize("hook", hookspecs.HOOK_NAMES)
-def test_every_hook_is_documented_with_its_signature(hook):
-    signature = f"`{hook}{inspect.signature(getattr(hookspecs, hook))}`"
-    assert signature in DOC, signature
 
 
 @pytest.mark.parametrize("protocol", ALL_PROTOCOLS, ids=lambda p: p.__name__)
