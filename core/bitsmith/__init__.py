@@ -13,13 +13,14 @@ from .hookspecs import hookimpl
 __version__ = "0.1.0"
 
 __all__ = ["BitsmithError", "CompressionError", "ConfigError", "ExportBackend", "PluginError", "__version__",
-           "compress", "finalize", "hookimpl", "load"]
+           "compress", "finalize", "from_pretrained", "hookimpl", "load", "load_state_dict", "save_pretrained"]
 
-_LAZY = {"load": "loading", "compress": "pipeline"}
+_LAZY = {"load": "loading", "compress": "pipeline", "load_state_dict": "state", "save_pretrained": "pretrained",
+         "from_pretrained": "pretrained"}
 
 
 def __getattr__(name: str):
-    """``bitsmith.load`` and ``bitsmith.compress``, imported on first use."""
+    """``bitsmith.load``, ``compress``, ``load_state_dict``, ``save_pretrained``, ``from_pretrained``, imported on first use."""
     if name in _LAZY:
         import importlib
 

@@ -8,6 +8,8 @@ attached to the module that owns the tensor (:func:`attach`); the module's param
 keeps the dense, dequantized values so the model runs in eager PyTorch. Export
 backends read the records (:func:`iter_records`) and never need to know which
 algorithm produced them; sizes come from the records too (:mod:`bitsmith.sizes`).
+Records are model state: ``state_dict()`` carries them and ``load_state_dict()``
+rebuilds them (:mod:`bitsmith.state`), so saving, loading and copying keep them.
 
 Index layout of a palettized tensor with ``cluster_dim`` ``d`` along ``axis``:
 ``indices`` has the weight's shape with ``shape[axis]`` divided by ``d``; entry
@@ -213,9 +215,16 @@ Record = Union[PalettizedTensor, QuantizedTensor, ActivationQuant]
 
 
 def attach(module: nn.Module, name: str, record: Record) -> None:
-    """Attach ``record`` to ``module`` under ``name`` (a tensor name, or ``input.0``/``output.0``)."""
+    """Attach ``record`` to ``module`` under ``name`` (a tensor name, or ``input.0``/``output.0``).
+
+    From then on the module's ``state_dict()`` carries the record and
+    ``load_state_dict()`` rebuilds it (:mod:`bitsmith.state`).
+    """
+    from .state import install_hooks
+
     records = module.__dict__.setdefault(_ATTR, {})
     records[name] = record
+    install_hooks(module)
 
 
 def apply(module: nn.Module, name: str, record: Union[PalettizedTensor, QuantizedTensor]) -> None:
