@@ -1,4 +1,7 @@
-"""Test helpers: models carrying every kind of compressed record, built with the core only (no algorithm plugin)."""
+"""Test helpers for export backends: models carrying every kind of compressed record, built with the core only.
+
+No algorithm plugin is needed; shared by the Core AI and torch backend tests.
+"""
 
 from __future__ import annotations
 

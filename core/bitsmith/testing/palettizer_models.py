@@ -1,4 +1,7 @@
-"""Test helpers: an exact weighted 1-D k-means kernel for private registries, and a CNN trained on sklearn digits."""
+"""Test helpers for palettizer plugins: an exact weighted 1-D k-means kernel for private registries, and a CNN trained on sklearn digits.
+
+Shared by the sensitive k-means and DKM tests (``from bitsmith.testing import palettizer_models as helpers``).
+"""
 
 from __future__ import annotations
 
@@ -39,7 +42,7 @@ def optimal_weighted_1d(values: np.ndarray, weights: np.ndarray, k: int) -> np.n
             lo, hi, olo, ohi = (np.array(c) for c in zip(*segs))
             mid = (lo + hi) // 2
             cnt = np.minimum(ohi, mid - 1) - olo + 1
-            rep = np.repeat(np.arange(len(segs)), cnt)
+            rep: np.ndarray = np.repeat(np.arange(len(segs)), cnt)
             starts = np.repeat(olo - np.concatenate([[0], np.cumsum(cnt)[:-1]]), cnt) + np.arange(cnt.sum())
             vals = prev[starts] + _segment_cost(S0, S1, S2, starts, mid[rep])
             order = np.lexsort((starts, vals, rep))

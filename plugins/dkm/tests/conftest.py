@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-import dkm_helpers  # noqa: E402
-
-import bitsmith_dkm.plugin as dkm_plugin  # noqa: E402
-from bitsmith.plugins import Registry  # noqa: E402
+import bitsmith_dkm.plugin as dkm_plugin
+from bitsmith.plugins import Registry
+from bitsmith.testing import palettizer_models as dkm_helpers
 
 
 @pytest.fixture

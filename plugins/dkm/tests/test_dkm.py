@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 import bitsmith
-import dkm_helpers as helpers
+from bitsmith.testing import palettizer_models as helpers
 from bitsmith import compressed
 from bitsmith.config import (
     ConfigError,

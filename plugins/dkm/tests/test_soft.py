@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-import dkm_helpers as helpers
+from bitsmith.testing import palettizer_models as helpers
 from bitsmith.config import PalettizationSpec, PerGroupedChannelGranularity, QuantizationSpec
 from bitsmith.palettization import palettize_tensor
 from bitsmith.testing import check_clusterer

@@ -1,18 +1,13 @@
-"""Fixtures for this plugin's tests (helpers live in :mod:`coreai_helpers`)."""
+"""Fixtures for this plugin's tests (helpers live in :mod:`bitsmith.testing.backend_models`)."""
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from bitsmith.plugins import Registry  # noqa: E402
-from bitsmith_export_coreai import plugin as coreai_plugin  # noqa: E402
-from coreai_helpers import Net  # noqa: E402
+from bitsmith.plugins import Registry
+from bitsmith.testing.backend_models import Net
+from bitsmith_export_coreai import plugin as coreai_plugin
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import io
 
 import pytest
 import torch
-from coreai_helpers import SPECS, Net, act, int8_record, palettize
+from bitsmith.testing.backend_models import SPECS, Net, act, int8_record, palettize
 from torch import nn
 
 import bitsmith

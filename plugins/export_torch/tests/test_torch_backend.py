@@ -8,7 +8,7 @@ import io
 import pytest
 import torch
 from torch import nn
-from torch_export_helpers import SPECS, act, int8_record, palettize
+from bitsmith.testing.backend_models import SPECS, act, int8_record, palettize
 
 import bitsmith
 from bitsmith import compressed

@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-import skm_helpers  # noqa: E402
-
-import bitsmith_sensitive_kmeans.plugin as skm_plugin  # noqa: E402
-from bitsmith.plugins import Registry  # noqa: E402
+import bitsmith_sensitive_kmeans.plugin as skm_plugin
+from bitsmith.plugins import Registry
+from bitsmith.testing import palettizer_models as skm_helpers
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import bitsmith
-import skm_helpers as helpers
+from bitsmith.testing import palettizer_models as helpers
 from bitsmith import compressed
 from bitsmith.config import (
     ConfigError,
