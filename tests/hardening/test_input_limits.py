@@ -76,6 +76,11 @@ def test_long_values_are_shortened():
         load_pipeline({"steps": [{"type": huge}]}, check=False)
     assert len(str(info.value)) < 400 and "characters>" in str(info.value)
     assert len(safe_yaml.short("y" * 10_000)) < 140
+    for loader, doc in [(load, {"kmeans_palettization_config": {"module_name_configs": {"a": [huge] * 4}}}),
+                        (load, {huge: 1}), (load_job, {"model": huge, "data": "a:b", "target_bpw": 4})]:
+        with pytest.raises(ConfigError) as info:
+            loader(doc)
+        assert all(len(line) <= 1000 for line in info.value.lines) and "characters cut>" in str(info.value)
 
 
 @pytest.mark.parametrize("value", [".nan", ".inf", "-1", "0"])
