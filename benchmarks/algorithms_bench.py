@@ -95,6 +95,20 @@ class DigitsCNN(nn.Module):
         return self.fc2(F.relu(self.fc1(x.flatten(1))))
 
 
+class DigitsNet(nn.Module):
+    """A second small digits CNN, not the one SKM's defaults were chosen on: 5x5 conv, avg-pool, two linears."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 24, 5, padding=2)
+        self.fc1 = nn.Linear(24 * 4 * 4, 48)
+        self.fc2 = nn.Linear(48, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.avg_pool2d(torch.tanh(self.conv(x)), 2)
+        return self.fc2(torch.tanh(self.fc1(x.flatten(1))))
+
+
 def digits_data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """sklearn digits, shuffled with seed 0: 1297 training, 500 held-out images in [0, 1]."""
     from sklearn.datasets import load_digits
@@ -107,15 +121,15 @@ def digits_data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tenso
     return x[:1297], y[:1297], x[1297:], y[1297:]
 
 
-def train_digits_cnn() -> DigitsCNN:
-    """12 epochs of Adam with a one-cycle schedule (99.0% held-out accuracy)."""
-    torch.manual_seed(0)
-    model = DigitsCNN()
+def train_digits_cnn(cls: type = DigitsCNN, seed: int = 0) -> nn.Module:
+    """12 epochs of Adam with a one-cycle schedule (DigitsCNN, seed 0: 99.0% held-out accuracy)."""
+    torch.manual_seed(seed)
+    model = cls()
     x, y, _, _ = digits_data()
     epochs, batch = 12, 64
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-2, total_steps=epochs * -(-x.shape[0] // batch))
-    gen = torch.Generator().manual_seed(1)
+    gen = torch.Generator().manual_seed(seed + 1)
     for _ in range(epochs):
         perm = torch.randperm(x.shape[0], generator=gen)
         for i in range(0, x.shape[0], batch):
@@ -321,6 +335,29 @@ def skm_sweep(reference: nn.Module) -> list[tuple]:
     return rows
 
 
+def skm_seed_sweep(seeds: range = range(1, 6)) -> list[tuple]:
+    """SKM (default options) vs k-means held-out KL on :class:`DigitsNet` trained with each seed, 2 and 3 bits."""
+    skm_cls = bitsmith.plugins.get("palettizer", "sensitive_kmeans")
+    km_cls = bitsmith.plugins.get("palettizer", "kmeans")
+    x, _, xt, yt = digits_data()
+    rows = []
+    for seed in seeds:
+        reference = train_digits_cnn(DigitsNet, seed)
+        with torch.no_grad():
+            ref = reference(xt)
+        accuracy = fidelity(ref, reference, xt, yt)["accuracy"]
+        for bits in (2, 3):
+            config = {"global_config": spec_dict(bits, None)}
+            km = fidelity(ref, km_cls(reference, config).prepare(), xt, yt)
+            skm = skm_cls(reference, config)
+            skm.compute_sensitivity([x[i:i + 64] for i in range(0, 512, 64)], num_samples=512)
+            sk = fidelity(ref, skm.prepare(), xt, yt)
+            rows.append((seed, f"{100 * accuracy:.1f}", bits, f"{km['kl']:.4f}", f"{sk['kl']:.4f}",
+                         round(sk["kl"] / km["kl"], 2), f"{100 * km['agreement']:.1f}",
+                         f"{100 * sk['agreement']:.1f}"))
+    return rows
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -344,6 +381,8 @@ def main() -> None:
     parser.add_argument("--skip-mobilenet", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-sweep", action="store_true")
+    parser.add_argument("--seeds-only", action="store_true",
+                        help="only SKM vs k-means on a second digits CNN over 5 training seeds")
     parser.add_argument("--digits-steps", type=int, default=300)
     parser.add_argument("--mobilenet-steps", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run (1: stable on busy machines)")
@@ -356,6 +395,11 @@ def main() -> None:
         child(json.loads(args.job), args.work)
         return
     torch.set_num_threads(args.threads)
+    if args.seeds_only:
+        print("\n## SKM (defaults) vs k-means on DigitsNet, 5 training seeds, per-tensor (held-out 500 images)\n")
+        print(format_table(["seed", "fp32 acc %", "bits", "k-means KL", "SKM KL", "SKM/k-means",
+                            "k-means agree %", "SKM agree %"], skm_seed_sweep()))
+        return
     digits_steps = 20 if args.quick else args.digits_steps
     mobilenet_steps = 2 if args.quick else args.mobilenet_steps
     out: dict[str, Any] = {}
