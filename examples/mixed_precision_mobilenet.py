@@ -124,7 +124,7 @@ def main() -> None:
     recipes[main_key].to_config()  # the KMeansPalettizerConfig (module_name_configs), also written as YAML below
     from bitsmith.config import dump
 
-    dump(recipes[main_key].to_config(), out / "config.yaml")
+    dump(recipes[main_key].to_config(), out / "config.yaml", overwrite=True)
 
     # ------------------------------------------------------------------ stage 3: apply + evaluate
     start = clock()
