@@ -148,3 +148,13 @@ def test_device_argument(resnetish, images, registry):
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match=r"device: 'cuda' asked for, but torch.cuda.is_available\(\) is False"):
             compute_sensitivity(resnetish, images, [2], cache_dir=None, registry=registry, device="cuda")
+
+
+def test_block_engine_on_a_thread_pool(resnetish, images, registry):
+    import concurrent.futures as cf
+
+    sequential = compute_sensitivity(resnetish, images, [2, 4], engine="block", cache_dir=None, registry=registry)
+    with cf.ThreadPoolExecutor(2) as pool:  # each worker thread records its own copy once
+        pooled = compute_sensitivity(resnetish, images, [2, 4], engine="block", cache_dir=None, registry=registry,
+                                     executor=pool)
+    assert pooled.meta["engine"] == "block" and _rows(pooled) == _rows(sequential)

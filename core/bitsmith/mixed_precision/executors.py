@@ -29,7 +29,7 @@ import torch
 from attrs import define, field
 from torch import nn
 
-from .engine import EvalTask, EvalUnit, UnitResult, run_unit
+from .engine import EvalTask, EvalUnit, UnitResult, eval_mode, run_unit
 from .inputs import Batch
 
 __all__ = ["SharedScoring", "dask_client", "run_shared", "submitter"]
@@ -65,7 +65,8 @@ def _worker_unit(shared: SharedScoring, tasks: list[EvalTask], threads: Optional
 
             program = BlockReplay(model, shared.batches, shared.output_fn, shared.tensors)
             try:
-                program.prepare(shared.reference)
+                with eval_mode(model):
+                    program.prepare(shared.reference)
             except ReplayError:
                 program = None  # run_unit records again and reports why it falls back
         cached = _local.scoring = (shared.token, model, program)
@@ -75,12 +76,8 @@ def _worker_unit(shared: SharedScoring, tasks: list[EvalTask], threads: Optional
 
 
 def run_shared(shared: SharedScoring, tasks: list[EvalTask], threads: Optional[int] = None) -> UnitResult:
-    """Worker entry point: score ``tasks`` with the shared model and data."""
-    from .engine import eval_mode
-
-    unit = _worker_unit(shared, tasks, threads)
-    with eval_mode(unit.model):
-        return run_unit(unit)
+    """Worker entry point: score ``tasks`` with the shared model and data (in eval mode, as :func:`run_unit` does)."""
+    return run_unit(_worker_unit(shared, tasks, threads))
 
 
 def dask_client(executor: cf.Executor) -> Any:
