@@ -118,16 +118,8 @@ converter = _make_converter()
 converter.register_structure_hook_factory(attrs.has, _attrs_hook_factory)
 
 
-def _unstructure_quant_spec(spec: specs.QuantizationSpec) -> dict:
-    return {
-        "dtype": spec.dtype_name,
-        "qscheme": spec.qscheme.value,
-        "granularity": converter.unstructure(spec.granularity),
-        "observer": spec.observer,
-    }
-
-
-converter.register_unstructure_hook(specs.QuantizationSpec, _unstructure_quant_spec)
+converter.register_unstructure_hook(specs.QuantizationSpec, make_dict_unstructure_fn(
+    specs.QuantizationSpec, converter, dtype=override(unstruct_hook=specs.dtype_name)))
 converter.register_unstructure_hook(pal.ModuleKMeansPalettizerConfig, make_dict_unstructure_fn(
     pal.ModuleKMeansPalettizerConfig, converter, on_incompatible=override(omit_if_default=True),
     algorithm=override(omit_if_default=True), options=override(omit_if_default=True)))

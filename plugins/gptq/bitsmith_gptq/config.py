@@ -9,7 +9,7 @@ Which tensors get which ``PalettizationSpec`` is decided exactly as for k-means
 
 or per layer in any palettization config (``algorithm: gptq``, ``options: {damp: 0.02}``).
 Built through the core converter: unknown keys and bad values fail with their dotted
-path, e.g. ``gptq.damp: 0 is not in (0, 1]``.
+path, e.g. ``gptq.damp: expected a number in (0, 1], got 0``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def _damp(instance, attribute, value) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"damp: expected a number in (0, 1], got {value!r}")
     if not 0 < value <= 1:
-        raise ValueError(f"damp: {value!r} is not in (0, 1]")
+        raise ValueError(f"damp: expected a number in (0, 1], got {value!r}")
 
 
 def _shrinkage(instance, attribute, value) -> None:
