@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 from attrs import define
 from torch import nn
