@@ -144,6 +144,7 @@ def test_quantize_with_third_party_quantizer_and_observer(on_path, tmp_path):
     assert not torch.equal(outputs["min_max"], outputs["percentile"])  # ... and the percentile one clips
 
 
+@pytest.mark.slow
 def test_cli_lists_the_installed_examples(installed_examples):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(installed_examples), os.environ.get("PYTHONPATH", "")]))
     out = subprocess.run([sys.executable, "-m", "bitsmith.cli", "plugins", "--json"], env=env, check=True,

@@ -10,6 +10,7 @@ from bitsmith.protocols import PROTOCOLS, conformance
 
 REGISTRY = plugins.Registry()
 PAIRS = [(kind, name) for kind in PROTOCOLS for name in REGISTRY.names(kind)]
+SLOW = {("export_backend", "coreml")}  # a Core ML conversion takes ~15 s
 
 
 @pytest.fixture(autouse=True)
@@ -21,7 +22,8 @@ def test_every_hook_kind_has_a_first_party_implementation_and_a_check():
     assert {kind for kind, _ in PAIRS} == set(PROTOCOLS) == set(testing.CHECKS)
 
 
-@pytest.mark.parametrize("kind, name", PAIRS, ids=[f"{k}:{n}" for k, n in PAIRS])
+@pytest.mark.parametrize("kind, name", [pytest.param(k, n, marks=[pytest.mark.slow] if (k, n) in SLOW else [],
+                                                      id=f"{k}:{n}") for k, n in PAIRS])
 def test_first_party_implementation_passes_its_contract_check(kind, name, tmp_path):
     impl = REGISTRY.get(kind, name)
     assert conformance(kind, impl) == []

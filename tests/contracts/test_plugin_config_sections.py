@@ -110,6 +110,7 @@ def test_documented_and_mixed_configs_load_in_a_fresh_process(plugins_installed,
         assert message in result.get("error", ""), (message, result)
 
 
+@pytest.mark.slow
 def test_cli_validate_in_a_fresh_process(plugins_installed, tmp_path):
     good, bad = tmp_path / "mixed.yaml", tmp_path / "bad.yaml"
     good.write_text(MIXED)
