@@ -116,3 +116,18 @@ def test_unreachable_target_fails_before_the_sensitivity_stage(tmp_path):
     with pytest.raises(ConfigError, match="target_size: 0.001 is below the smallest recipe"):
         check_target(_mlp(), ["2-bit", "4-bit"], target_size=0.001)
     assert check_target(_mlp(), ["2-bit", "4-bit"], target_bpw=3).min_bpw == pytest.approx(2.054, abs=1e-3)
+
+
+def test_sensitivity_table_json_is_checked(tmp_path):
+    from bitsmith.mixed_precision.table import SensitivityTable
+
+    path = tmp_path / "t.json"
+    path.write_text('{"schema_version": 1, "schema_version": 2}')
+    with pytest.raises(ConfigError, match="t.json: duplicate key 'schema_version'"):
+        SensitivityTable.load(path)
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ConfigError, match="nesting too deep"):
+        SensitivityTable.load(path)
+    path.write_bytes(b'{"a": "\xff"}')
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        SensitivityTable.load(path)

@@ -18,7 +18,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 import torch
 from attrs import define, evolve, field
 
-from .. import atomic
+from .. import atomic, safe_yaml
 from ..compressed import PalettizedTensor
 from ..config import PalettizationSpec, from_dict, to_dict
 from ..errors import ConfigError
@@ -278,13 +278,9 @@ class SensitivityTable:
         if not path.is_file():
             raise ConfigError(f"{path}: no such sensitivity table")
         if path.suffix == ".csv":
-            return cls.from_csv(path.read_text(), source=str(path))
+            return cls.from_csv(safe_yaml.read_text(path), source=str(path))
         if path.suffix == ".json":
-            try:
-                data = json.loads(path.read_text())
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"{path}: invalid JSON: {exc}") from None
-            return cls.from_dict(data, source=str(path))
+            return cls.from_dict(safe_yaml.load_json(safe_yaml.read_text(path), source=str(path)), source=str(path))
         raise ValueError(f"{path}: a sensitivity table is a .csv or .json file")
 
     def equal_scores(self, other: "SensitivityTable", *, rel: float = 0.0, abs_db: float = 0.0) -> bool:
