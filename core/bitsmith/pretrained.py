@@ -99,7 +99,9 @@ def _quantization_config(model: nn.Module) -> dict[str, Any]:
         label = spec.describe() if hasattr(spec, "describe") else f"{spec.dtype_name} {type(spec.granularity).__name__}"
         records[f"{module_name}.{name}" if module_name else name] = f"{type(record).__name__}: {label}"
     return {"quant_method": QUANT_METHOD, "format_version": FORMAT_VERSION, "bitsmith_version": __version__,
-            "weights": WEIGHTS_NAME, "records": records}
+            "weights": WEIGHTS_NAME, "records": records,
+            "load_with": "bitsmith.from_pretrained(directory, ModelClass); plain transformers cannot read "
+                         f"{WEIGHTS_NAME} (compressed tensors, no dense copy)"}
 
 
 def save_pretrained(model: nn.Module, directory: Union[str, os.PathLike], *, overwrite: bool = False) -> Path:

@@ -2,9 +2,11 @@
 
 Spec axes are *semantic*: ``axis=0`` is the output-channel axis and ``axis=1`` the
 input-channel axis of a layer. That is the tensor's own dim for every layer except
-transposed convolutions, whose weight is ``(in, out / groups, *kernel)``: for
-``ConvTranspose1d/2d/3d``, spec axis 0 maps to dim 1 and spec axis 1 to dim 0 (so
-the default per-channel spec gives one scale per output channel, as for Conv).
+those that store output channels on dim 1 (:func:`bitsmith.resolve.output_channel_dim`):
+transposed convolutions, whose weight is ``(in, out / groups, *kernel)``, and
+transformers' ``Conv1D`` (GPT-2), whose weight is ``(in, out)``. For them spec axis 0
+maps to dim 1 and spec axis 1 to dim 0 (so the default per-channel spec gives one
+scale per output channel, as for Conv and Linear).
 With ``groups > 1`` dim 1 holds ``out / groups`` channels, and each scale serves
 the matching channel of every group. The :class:`~bitsmith.compressed.QuantizedTensor`
 record carries the tensor dim (its ``spec.granularity.axis`` is rewritten to it),
@@ -22,16 +24,13 @@ from torch import nn
 from bitsmith.compressed import QuantizedTensor
 from bitsmith.config.specs import PerBlockGranularity, PerChannelGranularity, QuantizationSpec
 from bitsmith.errors import CompressionError
+from bitsmith.resolve import output_channel_dim
 
 from .affine import qparams, quantize
 
-TRANSPOSED_TYPES: tuple[type[nn.Module], ...] = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-"""Layers whose weight stores the output channels on dim 1."""
-
-
 def tensor_axis(module: nn.Module, spec_axis: int) -> int:
     """The weight dim that spec axis ``spec_axis`` (0: output channels, 1: input channels) refers to."""
-    if isinstance(module, TRANSPOSED_TYPES):
+    if output_channel_dim(module) == 1 and spec_axis in (0, 1):
         return 1 - spec_axis
     return spec_axis
 
