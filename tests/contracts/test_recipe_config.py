@@ -126,3 +126,28 @@ def test_to_config_reproduces_apply_recipe_on_mobilenet_v2():
     assert {e.candidate for e in recipe.layers} == set(kinds)
     config = load(dump(recipe.to_config()))
     _assert_same_model(apply_recipe(model, recipe, table=table), palettize(model, config, calibration))
+
+
+def test_python_options_and_a_training_time_algorithm():
+    pytest.importorskip("bitsmith_dkm")
+    from bitsmith.errors import CompressionError
+    from bitsmith_dkm import DKMOptions, DKMPalettizer
+    from bitsmith_gptq import GPTQOptions
+
+    gptq = ModuleKMeansPalettizerConfig(algorithm="gptq", options=GPTQOptions(damp=0.05, act_order=False))
+    assert load(dump(KMeansPalettizerConfig(module_name_configs={"0": gptq}))).module_name_configs["0"] == gptq
+    with pytest.raises(TypeError, match="options: expected a DKMOptions or a mapping"):
+        ModuleKMeansPalettizerConfig(algorithm="dkm", options=GPTQOptions())
+
+    model = _small_cnn()
+    dkm = ModuleKMeansPalettizerConfig(algorithm="dkm", options=DKMOptions(temperature=0.1))
+    alone = KMeansPalettizerConfig(module_name_configs={"0": dkm, "2": dkm})
+    torch.manual_seed(0)
+    via_config = palettize(model, alone).eval()
+    direct = DKMPalettizer(model, {"dkm_palettization_config": {
+        "module_name_configs": {"0": {}, "2": {}}, "dkm": {"temperature": 0.1}}}).prepare().eval()
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.equal(via_config(x), direct(x))
+    mixed = KMeansPalettizerConfig(module_name_configs={"0": dkm, "2": ModuleKMeansPalettizerConfig(algorithm="kmeans")})
+    with pytest.raises(CompressionError, match="palettizer 'dkm' attached no palettized record"):
+        palettize(model, mixed)
