@@ -21,7 +21,7 @@ from bitsmith.config import PalettizationSpec, PerChannelGranularity, Quantizati
 from bitsmith.palettization import palettize_tensor  # noqa: E402
 from bitsmith_export_safetensors import FormatError, SafetensorsBackend, plugin  # noqa: E402
 
-SETTINGS = settings(max_examples=40, deadline=None, derandomize=True,
+SETTINGS = settings(max_examples=100, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 INPUTS = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(3))
 
