@@ -151,3 +151,17 @@ def test_python_options_and_a_training_time_algorithm():
     mixed = KMeansPalettizerConfig(module_name_configs={"0": dkm, "2": ModuleKMeansPalettizerConfig(algorithm="kmeans")})
     with pytest.raises(CompressionError, match="palettizer 'dkm' attached no palettized record"):
         palettize(model, mixed)
+
+
+def test_a_pipeline_palettize_step_runs_the_algorithm_each_scope_names(tmp_path):
+    import bitsmith
+
+    calibration = [torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(4))]
+    config = {"global_config": {"op_state_spec": {"weight": {"n_bits": 4}}}, "module_name_configs": {
+        "2": {"algorithm": "gptq", "op_state_spec": {"weight": {"n_bits": 3, "enable_per_channel_scale": True}}},
+        "8": {"algorithm": "sensitive_kmeans", "options": {"outlier_fraction": 0.01}}}}
+    pipeline = {"steps": [{"type": "palettize", "algorithm": "kmeans", "config": config}]}
+    result = bitsmith.compress(_small_cnn(), pipeline, data=calibration, output_dir=tmp_path)
+    expected = palettize(_small_cnn(), load({"kmeans_palettization_config": config}), calibration)
+    _assert_same_model(result.model, expected)
+    assert compressed.records(result.model[8])["weight"].outliers is not None

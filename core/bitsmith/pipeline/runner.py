@@ -317,6 +317,14 @@ def _palettize(step: PalettizeStep, index: int, state: _State) -> str:
 
     cls = palettizer_class(step.algorithm, state.registry)
     config = None if step.config is None else from_dict(step.config, config_class(cls, KMeansPalettizerConfig))
+    named = set() if config is None else config.algorithms() - {None, step.algorithm}
+    if named:  # scopes name other algorithms: each runs on its layers (bitsmith.palettization.palettize)
+        from ..palettization import palettize
+
+        state.model = palettize(state.model, config, state.raw or None, default_algorithm=step.algorithm,
+                                registry=state.registry, progress=state.progress)
+        state.compressor = None
+        return f"also {', '.join(sorted(named))} (named per layer)"
     palettizer = _instantiate(cls, state.model, config, state.registry)
     kwargs = _accepts(palettizer.prepare, progress=state.progress, num_workers=step.num_workers, seed=step.seed)
     state.model = palettizer.prepare(state.raw or None, **kwargs)
