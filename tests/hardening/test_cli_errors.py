@@ -135,3 +135,12 @@ def test_mixed_precision_cli_target_below_reach_and_path(job, tmp_path, capsys):
     _no_traceback(err)
     assert "target_bpw: 1 is below the smallest recipe; reachable with these candidates:" in err
     assert not (tmp_path / "mp").exists()
+
+
+def test_pipeline_argument_is_always_a_file(tmp_path, capsys):
+    job = tmp_path / "job.txt"  # not .yaml: still read as a file, never as YAML text
+    job.write_text("steps: [{type: export, backend: torch}]\n")
+    assert main(["compress", str(job), "--check"]) == 0
+    assert f"{job}: ok (1 steps)" in capsys.readouterr().out
+    assert main(["compress", str(tmp_path), "--check"]) == 2
+    assert "no such pipeline file" in capsys.readouterr().err

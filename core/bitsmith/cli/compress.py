@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from ..errors import ConfigError
 from ..safe_yaml import short
@@ -39,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
 
     with extra_sys_path(args.path):
         try:
-            config = load_pipeline(args.pipeline)
+            config = load_pipeline(Path(args.pipeline))  # always a file, whatever its suffix
         except ConfigError as exc:
             print(f"{args.pipeline}: invalid pipeline", file=sys.stderr)
             for line in exc.lines:
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{args.pipeline}: ok ({len(config.steps)} steps)")
             return 0
         echo = (lambda _line: None) if args.quiet or args.json else (lambda line: print(line, flush=True))
-        result = compress(None, args.pipeline, output_dir=args.output_dir, progress=False if args.no_progress else None,
+        result = compress(None, Path(args.pipeline), output_dir=args.output_dir, progress=False if args.no_progress else None,
                           echo=echo, overwrite=args.overwrite, strict=args.strict)
     if args.json:
         print(json.dumps(result.report.to_dict(), indent=2))
