@@ -244,3 +244,46 @@ def test_missing_required_key_in_a_list_item_is_named_once():
     with pytest.raises(ConfigError) as info:
         from_dict({"steps": [{"backend": "onnx"}, {}]}, _Job)
     assert info.value.lines == ["steps.1.backend: required key is missing"]
+
+
+def test_config_sections_come_from_the_registry_and_a_clash_names_both_classes():
+    from typing import ClassVar
+
+    from attrs import define
+
+    import bitsmith
+    from bitsmith.config.converter import config_sections
+    from bitsmith.palettization import Palettizer
+    from bitsmith.plugins import Registry
+
+    @define(kw_only=True)
+    class UniformConfig(KMeansPalettizerConfig):
+        yaml_key: ClassVar[str] = "uniform_palettization_config"
+
+    @define(kw_only=True)
+    class Clash(KMeansPalettizerConfig):
+        yaml_key: ClassVar[str] = "kmeans_palettization_config"
+
+    def plugin(name, config_class):
+        class Plugin:
+            @bitsmith.hookimpl
+            def palettizer(self, register):
+                register(name, type(f"{name}Palettizer", (Palettizer,), {"config_class": config_class}))
+        return Plugin()
+
+    sections = config_sections(Registry(autoload=False, plugins=[plugin("uniform", UniformConfig)]))
+    assert sections["uniform_palettization_config"] is UniformConfig
+    assert sections["kmeans_palettization_config"] is KMeansPalettizerConfig
+    with pytest.raises(ConfigError, match=r"kmeans_palettization_config: claimed by "
+                                          r"bitsmith\.config\.palettization\.KMeansPalettizerConfig and by .*Clash"):
+        config_sections(Registry(autoload=False, plugins=[plugin("clash", Clash)]))
+
+
+def test_scopes_and_from_specs():
+    config = KMeansPalettizerConfig(global_config=ModuleKMeansPalettizerConfig(),
+                                    module_name_configs={"fc": None, "conv": ModuleKMeansPalettizerConfig()})
+    assert [path for path, _ in config.scopes()] == ["global_config", "module_name_configs.conv"]
+    assert config.algorithms() == {None}
+    assert KMeansPalettizerConfig.from_specs(config) == config
+    with pytest.raises(ValueError, match="options: KMeansPalettizerConfig takes no algorithm options"):
+        KMeansPalettizerConfig.from_specs(config, options={"x": 1})
