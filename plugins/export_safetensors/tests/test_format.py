@@ -238,3 +238,20 @@ def test_record_state_entries_are_stored_as_parts_only(tmp_path, net, factory, i
 
     assert not any("_bitsmith_" in name for name in read_tensors(path))
     assert torch.equal(_load(path, factory)(inputs), net(inputs))
+
+
+def test_the_reader_in_docs_format_md_runs_as_written(tmp_path, net, clusterer, monkeypatch):
+    """The two code blocks of docs/format.md ('Bit packing', 'Reading one layer') executed verbatim."""
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "format.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", doc, flags=re.S)
+    unpack = next(b for b in blocks if b.startswith("def unpack"))
+    reader = next(b for b in blocks if "safe_open(\"model.safetensors\"" in b)
+    compressed.apply(net.conv2, "weight", palettize_tensor(net.conv2.weight, PalettizationSpec(n_bits=3), clusterer))
+    monkeypatch.chdir(tmp_path)
+    BACKEND.save(net, "model.safetensors")
+    namespace: dict = {"np": np}
+    exec(unpack + reader, namespace)  # noqa: S102 - the documentation's own example
+    np.testing.assert_array_equal(namespace["dense"], net.conv2.weight.detach().numpy())
