@@ -8,21 +8,8 @@ from torch import nn
 
 import bitsmith
 from bitsmith.plugins import Registry
+from bitsmith.testing.kernels import quantile_clusterer
 from bitsmith_int8_quant import plugin as int8_plugin
-
-
-def quantile_clusterer(x, k, *, sample_weight=None, seed=None):
-    """Deterministic stand-in for k-means: quantile centroids, nearest assignment."""
-    x = torch.as_tensor(x, dtype=torch.float32)
-    uniq = torch.unique(x, dim=0)
-    if uniq.shape[0] <= k:
-        centroids = uniq
-    else:
-        order = torch.argsort(x[:, 0])
-        centroids = torch.unique(x[order[torch.linspace(0, x.shape[0] - 1, k).round().long()]], dim=0)
-    labels = torch.cdist(x, centroids).argmin(1)
-    used, labels = torch.unique(labels, return_inverse=True)
-    return centroids[used], labels
 
 
 class RecordingBackend:
