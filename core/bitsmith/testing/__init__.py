@@ -19,6 +19,12 @@ Contract checks, one per hook kind, raise ``AssertionError`` with a reason:
 :func:`check_observer`. Each first checks the structure the registry checks at
 registration (:func:`bitsmith.protocols.conformance`), then runs the implementation
 on small inputs.
+
+Shared helpers for plugin test suites (import them; they are not fixtures):
+:mod:`bitsmith.testing.kernels` (``quantile_clusterer``, a deterministic ``"kmeans"``
+stand-in), :mod:`~bitsmith.testing.palettizer_models` (exact weighted 1-D k-means,
+a digits CNN), :mod:`~bitsmith.testing.backend_models` and
+:mod:`~bitsmith.testing.file_backend_models` (models carrying every kind of record).
 """
 
 from __future__ import annotations
