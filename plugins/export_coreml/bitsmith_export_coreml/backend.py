@@ -56,16 +56,19 @@ class CoreMLBackend:
     installs activation quantization (eager: fake-quant, tracing: quantize/dequantize);
     the result runs in eager PyTorch. ``save(model, path, example_inputs=...)`` traces it,
     converts with ``coremltools.convert`` (iOS18 target, fp16 compute) and writes an
-    ``.mlpackage``. Sparse outliers and float8 weights have no Core ML form: those tensors
-    stay dense, with a :class:`CoreMLSkipWarning`.
+    ``.mlpackage``. Sparse outliers and float8 weights have no Core ML form: ``finalize``
+    refuses them, naming the layer, unless ``dense_fallback=True``, which keeps those
+    tensors dense with a :class:`CoreMLSkipWarning`.
     """
 
     description = "Core ML mlprogram via coremltools: constexpr_lut_to_dense / constexpr_blockwise_shift_scale weights"
     suffix = ".mlpackage"
 
-    def __init__(self, minimum_deployment_target: str = "iOS18", compute_precision: str = "float16"):
+    def __init__(self, minimum_deployment_target: str = "iOS18", compute_precision: str = "float16",
+                 dense_fallback: bool = False):
         self.minimum_deployment_target = minimum_deployment_target
         self.compute_precision = compute_precision
+        self.dense_fallback = dense_fallback
 
     # ------------------------------------------------------------------ finalize
 
@@ -76,6 +79,7 @@ class CoreMLBackend:
         disable_activation_quant(model)
         export.restore_dense(model)  # tensors another backend converted (seed 002: finalize(CoreAI), then quantize)
         seen: set[int] = set()
+        pending = []  # every record is checked before the model changes
         for module_name, module, name, record in compressed.iter_records(model):
             qualified = f"{module_name}.{name}" if module_name else name
             if isinstance(record, ActivationQuant):
@@ -87,7 +91,8 @@ class CoreMLBackend:
             if id(record) in seen:
                 continue
             seen.add(id(record))
-            buffers = metadata(record, qualified)
+            pending.append((module, name, metadata(record, qualified, dense_fallback=self.dense_fallback)))
+        for module, name, buffers in pending:
             for key, value in (buffers or {}).items():
                 module.register_buffer(f"{PREFIX}/{name}/{key}", value)
         activation_hooks.install_all(model, _HOOKS, _step)
@@ -139,19 +144,21 @@ def weight_file(package: Union[str, Path]) -> Path:
     return Path(package) / "Data" / "com.apple.CoreML" / "weights" / "weight.bin"
 
 
-def metadata(record: Union[PalettizedTensor, QuantizedTensor], name: str) -> Optional[dict[str, torch.Tensor]]:
-    """coremltools compression-metadata tensors for one weight record (``None``: keep it dense)."""
+def metadata(record: Union[PalettizedTensor, QuantizedTensor], name: str, *,
+             dense_fallback: bool = False) -> Optional[dict[str, torch.Tensor]]:
+    """coremltools compression-metadata tensors for one weight record (``None``: keep it dense).
+
+    A record Core ML cannot express raises :class:`~bitsmith.errors.CompressionError` naming
+    ``name``, or with ``dense_fallback`` returns ``None`` with a :class:`CoreMLSkipWarning`.
+    """
     if isinstance(record, PalettizedTensor):
         if record.outliers is not None and record.outliers.nnz:
-            warnings.warn(f"{name}: Core ML has no dense-and-sparse LUT form; its {record.outliers.nnz} outliers "
-                          "keep this weight as a dense constant", CoreMLSkipWarning, stacklevel=3)
-            return None
+            return _dense(name, f"Core ML has no dense-and-sparse LUT form for its {record.outliers.nnz} outliers",
+                          dense_fallback)
         return _palettized(record)
     if isinstance(record, QuantizedTensor):
         if record.spec.is_float8:
-            warnings.warn(f"{name}: Core ML has no float8 weights; kept as a dense constant", CoreMLSkipWarning,
-                          stacklevel=3)
-            return None
+            return _dense(name, "Core ML has no float8 weights", dense_fallback)
         out = {"compression_type": torch.tensor([QUANTIZATION]),
                "quantization_n_bits": torch.tensor(record.spec.n_bits),
                "quantization_scale": record.scale.detach().float().clone()}
@@ -159,6 +166,14 @@ def metadata(record: Union[PalettizedTensor, QuantizedTensor], name: str) -> Opt
             out["zero_point"] = record.zero_point.detach().float().clone()
         return out
     raise CompressionError(f"{name}: the coreml backend cannot export a {type(record).__name__}")
+
+
+def _dense(name: str, reason: str, dense_fallback: bool) -> None:
+    if not dense_fallback:
+        raise CompressionError(f"{name}: {reason}; the coreml backend refuses to store it dense "
+                               "(CoreMLBackend(dense_fallback=True) keeps it as a dense constant)")
+    warnings.warn(f"{name}: {reason}; kept as a dense constant", CoreMLSkipWarning, stacklevel=4)
+    return None
 
 
 def _palettized(record: PalettizedTensor) -> dict[str, torch.Tensor]:

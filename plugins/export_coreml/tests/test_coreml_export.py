@@ -107,18 +107,22 @@ def test_smaller_than_dense_conversion(tmp_path, net, inputs, clusterer):
     assert ratio > 4.0, ratio  # fp16 -> 2-bit is 8x on the weights, minus LUTs, biases and blob headers
 
 
-def test_outliers_fall_back_to_dense_with_a_warning(net, inputs, clusterer):
+def test_outliers_are_refused_or_kept_dense_when_asked(net, inputs, clusterer):
     import attrs
 
     palettize(net, PalettizationSpec(n_bits=2), clusterer, layers=("conv2",))
     record = compressed.records(net.conv2)["weight"]
     outliers = compressed.SparseOutliers(indices=torch.tensor([1, 2]), values=torch.tensor([0.5, 0.25]))
     compressed.apply(net.conv2, "weight", attrs.evolve(record, outliers=outliers))
+    with pytest.raises(bitsmith.CompressionError, match=r"conv2\.weight: Core ML has no dense-and-sparse LUT form"):
+        BACKEND.finalize(net)
+    assert not any(name.startswith("_COREML_") for name, _ in net.named_buffers()), "refused before any change"
+    fallback = CoreMLBackend(dense_fallback=True)
     with pytest.warns(CoreMLSkipWarning, match="conv2.weight"):
-        finalized = BACKEND.finalize(net)
+        finalized = fallback.finalize(net)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ops = mil_ops(BACKEND.convert(finalized, (inputs[:1],)))
+        ops = mil_ops(fallback.convert(finalized, (inputs[:1],)))
     assert "constexpr_lut_to_dense" not in ops
 
 
