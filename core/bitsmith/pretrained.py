@@ -112,8 +112,8 @@ def save_pretrained(model: nn.Module, directory: Union[str, os.PathLike], *, ove
     """
     from safetensors.torch import save as safetensors_bytes
 
-    config = getattr(model, "config", None)
-    if not isinstance(model, nn.Module) or not callable(getattr(config, "to_json_string", None)):
+    to_json = getattr(getattr(model, "config", None), "to_json_string", None)
+    if not isinstance(model, nn.Module) or not callable(to_json):
         raise TypeError(f"model: save_pretrained needs a transformers model (a .config with to_json_string()), got "
                         f"{type(model).__name__}; for other models use torch.save(model.state_dict()) and "
                         "bitsmith.load_state_dict")
@@ -124,7 +124,7 @@ def save_pretrained(model: nn.Module, directory: Union[str, os.PathLike], *, ove
     tensors, aliases = _dedupe(_packed(model.state_dict()))
     metadata = {"format": "pt", "bitsmith_format_version": str(FORMAT_VERSION),
                 "bitsmith_aliases": json.dumps(aliases, sort_keys=True)}
-    config_dict = json.loads(config.to_json_string(use_diff=False))
+    config_dict = json.loads(to_json(use_diff=False))
     config_dict["quantization_config"] = _quantization_config(model)
     atomic.write_bytes(folder / WEIGHTS_NAME, safetensors_bytes(tensors, metadata), overwrite=overwrite)
     atomic.write_text(folder / CONFIG_NAME, json.dumps(config_dict, indent=2, sort_keys=True) + "\n",

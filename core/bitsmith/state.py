@@ -100,6 +100,8 @@ def _palettized(meta: dict, parts: dict[str, torch.Tensor]) -> compressed.Palett
         indices = unpack_bits(parts["packed_indices"], spec.n_bits, count).reshape(idx_shape)
     lut_quant = None
     if "lut_int" in parts:
+        if spec.lut_qspec is None:
+            raise ValueError(f"stored LUT integers (lut_int) for a spec without lut_qspec: {spec.describe()}")
         lut_quant = compressed.LutQuantization(parts["lut_int"], parts["lut_scale"], parts.get("lut_zero_point"),
                                                spec.lut_qspec)
     outliers = None
@@ -173,6 +175,8 @@ def record_from_state(parts: Mapping[str, torch.Tensor], where: str = "record") 
         return meta["name"], _BUILDERS[kind](meta, {k: v for k, v in parts.items() if k != "spec"})
     except KeyError as exc:
         raise ValueError(f"{where}: a {kind} record needs a {MARKER}{exc.args[0]} entry") from None
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{where}: {exc}") from None
 
 
 def module_entries(state_dict: Mapping[str, Any], prefix: str) -> dict[str, dict[str, Any]]:
