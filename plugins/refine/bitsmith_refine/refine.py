@@ -212,28 +212,35 @@ def refine(model: nn.Module, reference: nn.Module, data: Iterable[Any], validati
     def snapshot() -> list[torch.Tensor]:
         return [p.detach().clone() for p in params]
 
+    was_training = model.training
+    model.eval()
     state = snapshot()
     best = loss_before = validate()
     best_step = 0
-    was_training = model.training
-    model.eval()
-    for step in range(1, options.steps + 1):
-        i = (step - 1) % len(batches)
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(teacher[i], run(batches[i]))
-        loss.backward()
-        optimizer.step()
-        if step % options.eval_every == 0 or step == options.steps:
-            current = validate()
-            if current < best:
-                best, best_step, state = current, step, snapshot()
+    frozen = [p for p in model.parameters() if p.requires_grad]  # no gradients for what is not trained
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        for step in range(1, options.steps + 1):
+            i = (step - 1) % len(batches)
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(teacher[i], run(batches[i]))
+            loss.backward()
+            optimizer.step()
+            if step % options.eval_every == 0 or step == options.steps:
+                current = validate()
+                if current < best:
+                    best, best_step, state = current, step, snapshot()
+    finally:
+        model.train(was_training)
+        for p in frozen:
+            p.requires_grad_(True)
     if best_step:  # otherwise the records stay exactly as they were
         with torch.no_grad():
             for p, kept in zip(params, state):
                 p.copy_(kept)
         for t in targets:
             t.commit()
-    model.train(was_training)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return RefineResult(model=model, refined=tuple(t.name for t in targets), skipped=skipped,
                         parameters=sum(p.numel() for p in params), loss_before=loss_before, loss_after=best,

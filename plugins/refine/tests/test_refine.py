@@ -79,6 +79,7 @@ def test_refine_keeps_indices_and_size_and_lowers_held_out_kl(registry, scale) -
     assert _kl(model, refined, held_out) < 0.8 * _kl(model, small, held_out)  # data neither step saw
     assert result.parameters == sum(r.lut.numel() + (r.shape[0] if scale else 0) for r in before.values())
     assert result.seconds > 0 and result.peak_rss_mib > 0
+    assert all(p.requires_grad and p.grad is None for p in refined.parameters())  # left as found, no stray grads
 
 
 def test_refine_keeps_the_model_when_no_step_helps(registry) -> None:
