@@ -317,7 +317,7 @@ def _palettize(step: PalettizeStep, index: int, state: _State) -> str:
 
     cls = palettizer_class(step.algorithm, state.registry)
     config = None if step.config is None else from_dict(step.config, config_class(cls, KMeansPalettizerConfig))
-    named = set() if config is None else config.algorithms() - {None, step.algorithm}
+    named: set = set() if config is None else config.algorithms() - {None, step.algorithm}
     if named:  # scopes name other algorithms: each runs on its layers (bitsmith.palettization.palettize)
         from ..palettization import palettize
 
