@@ -16,6 +16,7 @@ from attrs import define, field
 from . import algorithms as _algorithms
 from .module_types import type_keys_converter as _type_keys
 from .specs import PalettizationSpec, PerGroupedChannelGranularity, PerTensorGranularity, default_weight_palettization_spec
+from .validators import mapping_of
 
 
 def default_op_state_spec() -> dict[str, Optional[PalettizationSpec]]:
@@ -23,35 +24,12 @@ def default_op_state_spec() -> dict[str, Optional[PalettizationSpec]]:
     return {"weight": default_weight_palettization_spec(), "in_proj_weight": default_weight_palettization_spec()}
 
 
-def _spec_map(name):
-    def check(instance, attribute, value):
-        if not isinstance(value, dict):
-            raise TypeError(f"{name}: expected a mapping of tensor name to spec, got {value!r}")
-        for key, spec in value.items():
-            if not isinstance(key, str):
-                raise TypeError(f"{name}: keys must be tensor names (str), got {key!r}")
-            if spec is not None and not isinstance(spec, PalettizationSpec):
-                raise TypeError(f"{name}.{key}: expected a PalettizationSpec or None, got {spec!r}")
-    return check
-
-
-def _op_map(name):
-    def check(instance, attribute, value):
-        if not isinstance(value, dict):
-            raise TypeError(f"{name}: expected a mapping, got {value!r}")
-        for key, cfg in value.items():
-            if cfg is not None and not isinstance(cfg, OpKMeansPalettizerConfig):
-                raise TypeError(f"{name}.{key}: expected an OpKMeansPalettizerConfig or None, got {cfg!r}")
-    return check
-
-
-
 @define(kw_only=True)
 class OpKMeansPalettizerConfig:
     """Palettization of one op type or op name inside a module scope (only ``op_state_spec`` is used)."""
 
     op_state_spec: dict[str, Optional[PalettizationSpec]] = field(
-        factory=default_op_state_spec, validator=_spec_map("op_state_spec")
+        factory=default_op_state_spec, validator=mapping_of("op_state_spec", PalettizationSpec)
     )
 
 
@@ -126,16 +104,17 @@ class ModuleKMeansPalettizerConfig:
     presets: ClassVar[_ModulePresets] = _ModulePresets()
 
     op_state_spec: dict[str, Optional[PalettizationSpec]] = field(
-        factory=default_op_state_spec, validator=_spec_map("op_state_spec")
+        factory=default_op_state_spec, validator=mapping_of("op_state_spec", PalettizationSpec)
     )
     op_type_config: dict[str, Optional[OpKMeansPalettizerConfig]] = field(
-        factory=dict, converter=_type_keys("op_type_config"), validator=_op_map("op_type_config")  # type: ignore[misc]
+        factory=dict, converter=_type_keys("op_type_config"),  # type: ignore[misc]
+        validator=mapping_of("op_type_config", OpKMeansPalettizerConfig)
     )
     op_name_config: dict[str, Optional[OpKMeansPalettizerConfig]] = field(
-        factory=dict, validator=_op_map("op_name_config")
+        factory=dict, validator=mapping_of("op_name_config", OpKMeansPalettizerConfig)
     )
     module_state_spec: dict[str, Optional[PalettizationSpec]] = field(
-        factory=dict, validator=_spec_map("module_state_spec")
+        factory=dict, validator=mapping_of("module_state_spec", PalettizationSpec)
     )
     on_incompatible: Optional[str] = field(default=None, validator=_on_incompatible)
     algorithm: Optional[str] = field(default=None, validator=_algorithms.check_name)
@@ -169,16 +148,6 @@ class _Unset:
 UNSET = _Unset()
 
 
-def _module_map(name):
-    def check(instance, attribute, value):
-        if not isinstance(value, dict):
-            raise TypeError(f"{name}: expected a mapping, got {value!r}")
-        for key, cfg in value.items():
-            if cfg is not None and not isinstance(cfg, ModuleKMeansPalettizerConfig):
-                raise TypeError(f"{name}.{key}: expected a ModuleKMeansPalettizerConfig or None, got {cfg!r}")
-    return check
-
-
 def _global(instance, attribute, value) -> None:
     if value is not UNSET and value is not None and not isinstance(value, ModuleKMeansPalettizerConfig):
         raise TypeError(f"global_config: expected a ModuleKMeansPalettizerConfig or None, got {value!r}")
@@ -203,10 +172,11 @@ class KMeansPalettizerConfig:
 
     global_config: Optional[ModuleKMeansPalettizerConfig] = field(default=UNSET, validator=_global)  # type: ignore[assignment]
     module_type_configs: dict[str, Optional[ModuleKMeansPalettizerConfig]] = field(
-        factory=dict, converter=_type_keys("module_type_configs"), validator=_module_map("module_type_configs")  # type: ignore[misc]
+        factory=dict, converter=_type_keys("module_type_configs"),  # type: ignore[misc]
+        validator=mapping_of("module_type_configs", ModuleKMeansPalettizerConfig)
     )
     module_name_configs: dict[str, Optional[ModuleKMeansPalettizerConfig]] = field(
-        factory=dict, validator=_module_map("module_name_configs")
+        factory=dict, validator=mapping_of("module_name_configs", ModuleKMeansPalettizerConfig)
     )
 
     def __attrs_post_init__(self) -> None:
@@ -274,12 +244,12 @@ class KMeansPalettizerConfig:
 
     def set_module_type(self, module_type, config: Optional[ModuleKMeansPalettizerConfig]) -> "KMeansPalettizerConfig":
         """Set the config of a module class (class or dotted name); ``None`` skips it. Returns ``self``."""
-        _module_map("module_type_configs")(self, None, {"": config})
+        mapping_of("module_type_configs", ModuleKMeansPalettizerConfig)(self, None, {"": config})
         self.module_type_configs.update(_type_keys("module_type_configs")({module_type: config}))
         return self
 
     def set_module_name(self, module_name: str, config: Optional[ModuleKMeansPalettizerConfig]) -> "KMeansPalettizerConfig":
         """Set the config of a module by qualified name or full-match regex; ``None`` skips it. Returns ``self``."""
-        _module_map("module_name_configs")(self, None, {"": config})
+        mapping_of("module_name_configs", ModuleKMeansPalettizerConfig)(self, None, {"": config})
         self.module_name_configs[module_name] = config
         return self

@@ -17,6 +17,7 @@ from attrs import define, field
 from .module_types import type_keys_converter as _type_keys
 from .palettization import UNSET
 from .specs import PerChannelGranularity, QuantizationScheme, QuantizationSpec
+from .validators import mapping_of
 
 
 def default_weight_quantization_spec() -> QuantizationSpec:
@@ -38,42 +39,16 @@ def _default_io() -> dict:
     return {"*": default_activation_quantization_spec()}
 
 
-def _qspec_map(name, allow_none=True):
-    def check(instance, attribute, value):
-        if value is None and allow_none:
-            return
-        if not isinstance(value, dict):
-            raise TypeError(f"{name}: expected a mapping of name to QuantizationSpec (or null), got {value!r}")
-        for key, spec in value.items():
-            if not isinstance(key, str):
-                raise TypeError(f"{name}: keys must be strings, got {key!r}")
-            if spec is not None and not isinstance(spec, QuantizationSpec):
-                raise TypeError(f"{name}.{key}: expected a QuantizationSpec or None, got {spec!r}")
-    return check
-
-
-def _typed_map(name, cls_name):
-    def check(instance, attribute, value):
-        if not isinstance(value, dict):
-            raise TypeError(f"{name}: expected a mapping, got {value!r}")
-        for key, cfg in value.items():
-            if cfg is not None and type(cfg).__name__ != cls_name:
-                raise TypeError(f"{name}.{key}: expected a {cls_name} or None, got {cfg!r}")
-    return check
-
-
-
-
 @define(kw_only=True)
 class OpQuantizerConfig:
     """Quantization of one op type or op name: its weights, inputs and outputs."""
 
     op_state_spec: Optional[dict[str, Optional[QuantizationSpec]]] = field(
-        factory=_default_state, validator=_qspec_map("op_state_spec"))
+        factory=_default_state, validator=mapping_of("op_state_spec", QuantizationSpec, nullable=True))
     op_input_spec: Optional[dict[str, Optional[QuantizationSpec]]] = field(
-        factory=_default_io, validator=_qspec_map("op_input_spec"))
+        factory=_default_io, validator=mapping_of("op_input_spec", QuantizationSpec, nullable=True))
     op_output_spec: Optional[dict[str, Optional[QuantizationSpec]]] = field(
-        factory=_default_io, validator=_qspec_map("op_output_spec"))
+        factory=_default_io, validator=mapping_of("op_output_spec", QuantizationSpec, nullable=True))
 
 
 class _ModulePresets:
@@ -105,21 +80,22 @@ class ModuleQuantizerConfig:
     presets: ClassVar[_ModulePresets] = _ModulePresets()
 
     op_state_spec: Optional[dict[str, Optional[QuantizationSpec]]] = field(
-        factory=_default_state, validator=_qspec_map("op_state_spec"))
+        factory=_default_state, validator=mapping_of("op_state_spec", QuantizationSpec, nullable=True))
     op_input_spec: Optional[dict[str, Optional[QuantizationSpec]]] = field(
-        factory=_default_io, validator=_qspec_map("op_input_spec"))
+        factory=_default_io, validator=mapping_of("op_input_spec", QuantizationSpec, nullable=True))
     op_output_spec: Optional[dict[str, Optional[QuantizationSpec]]] = field(
-        factory=_default_io, validator=_qspec_map("op_output_spec"))
+        factory=_default_io, validator=mapping_of("op_output_spec", QuantizationSpec, nullable=True))
     op_type_config: dict[str, Optional[OpQuantizerConfig]] = field(
-        factory=dict, converter=_type_keys("op_type_config"), validator=_typed_map("op_type_config", "OpQuantizerConfig"))  # type: ignore[misc]
+        factory=dict, converter=_type_keys("op_type_config"),  # type: ignore[misc]
+        validator=mapping_of("op_type_config", OpQuantizerConfig))
     op_name_config: dict[str, Optional[OpQuantizerConfig]] = field(
-        factory=dict, validator=_typed_map("op_name_config", "OpQuantizerConfig"))
+        factory=dict, validator=mapping_of("op_name_config", OpQuantizerConfig))
     module_state_spec: dict[str, Optional[QuantizationSpec]] = field(
-        factory=dict, validator=_qspec_map("module_state_spec", allow_none=False))
+        factory=dict, validator=mapping_of("module_state_spec", QuantizationSpec))
     module_input_spec: dict[str, Optional[QuantizationSpec]] = field(
-        factory=dict, validator=_qspec_map("module_input_spec", allow_none=False))
+        factory=dict, validator=mapping_of("module_input_spec", QuantizationSpec))
     module_output_spec: dict[str, Optional[QuantizationSpec]] = field(
-        factory=dict, validator=_qspec_map("module_output_spec", allow_none=False))
+        factory=dict, validator=mapping_of("module_output_spec", QuantizationSpec))
 
 
 class _ConfigPresets:
@@ -155,9 +131,10 @@ class QuantizerConfig:
 
     global_config: Optional[ModuleQuantizerConfig] = field(default=UNSET, validator=_global)  # type: ignore[assignment]
     module_type_configs: dict[str, Optional[ModuleQuantizerConfig]] = field(
-        factory=dict, converter=_type_keys("module_type_configs"), validator=_typed_map("module_type_configs", "ModuleQuantizerConfig"))  # type: ignore[misc]
+        factory=dict, converter=_type_keys("module_type_configs"),  # type: ignore[misc]
+        validator=mapping_of("module_type_configs", ModuleQuantizerConfig))
     module_name_configs: dict[str, Optional[ModuleQuantizerConfig]] = field(
-        factory=dict, validator=_typed_map("module_name_configs", "ModuleQuantizerConfig"))
+        factory=dict, validator=mapping_of("module_name_configs", ModuleQuantizerConfig))
 
     def __attrs_post_init__(self) -> None:
         if self.global_config is UNSET:
@@ -172,12 +149,12 @@ class QuantizerConfig:
 
     def set_module_type(self, module_type, config: Optional[ModuleQuantizerConfig]) -> "QuantizerConfig":
         """Set the config of a module class (class or dotted name); returns ``self``."""
-        _typed_map("module_type_configs", "ModuleQuantizerConfig")(self, None, {"": config})
+        mapping_of("module_type_configs", ModuleQuantizerConfig)(self, None, {"": config})
         self.module_type_configs.update(_type_keys("module_type_configs")({module_type: config}))
         return self
 
     def set_module_name(self, module_name: str, config: Optional[ModuleQuantizerConfig]) -> "QuantizerConfig":
         """Set the config of a module by name or full-match regex; returns ``self``."""
-        _typed_map("module_name_configs", "ModuleQuantizerConfig")(self, None, {"": config})
+        mapping_of("module_name_configs", ModuleQuantizerConfig)(self, None, {"": config})
         self.module_name_configs[module_name] = config
         return self
