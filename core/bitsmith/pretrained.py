@@ -110,7 +110,7 @@ def save_pretrained(model: nn.Module, directory: Union[str, os.PathLike], *, ove
     Both files are written atomically; existing ones are replaced only with
     ``overwrite=True`` (checked before anything is written). Returns the folder.
     """
-    from safetensors.torch import save as safetensors_bytes
+    from safetensors.torch import save_file
 
     to_json = getattr(getattr(model, "config", None), "to_json_string", None)
     if not isinstance(model, nn.Module) or not callable(to_json):
@@ -126,7 +126,8 @@ def save_pretrained(model: nn.Module, directory: Union[str, os.PathLike], *, ove
                 "bitsmith_aliases": json.dumps(aliases, sort_keys=True)}
     config_dict = json.loads(to_json(use_diff=False))
     config_dict["quantization_config"] = _quantization_config(model)
-    atomic.write_bytes(folder / WEIGHTS_NAME, safetensors_bytes(tensors, metadata), overwrite=overwrite)
+    with atomic.temp_path(folder / WEIGHTS_NAME, overwrite=overwrite) as tmp:  # streamed: no in-memory file copy
+        save_file(tensors, str(tmp), metadata)
     atomic.write_text(folder / CONFIG_NAME, json.dumps(config_dict, indent=2, sort_keys=True) + "\n",
                       overwrite=overwrite)
     return folder
