@@ -12,8 +12,9 @@ growing subsets of it, so each row shows what one ingredient adds:
 4. mixed, + GPTQ index assignment (``@gptq``, calibrated on the same data) and the
    task's extra candidates;
 5. the same model refined (``bitsmith-refine``: LUT entries and per-channel scales
-   fitted to the fp32 outputs on augmented calibration crops / the calibration
-   sentences; indices and size unchanged), with its cost (seconds, peak RSS).
+   fitted to the fp32 outputs on augmented crops of four calibration photos, the
+   fifth validating / the calibration sentences; indices and size unchanged), with
+   its cost (seconds, peak RSS).
 
 Realized BPW is measured on the compressed model (``bitsmith.sizes``). Fidelity is
 reported on the small held-out set and on the task's broad set (CNNs: 256 crops of 16
@@ -32,6 +33,8 @@ import argparse
 import resource
 import time
 import warnings
+
+import torch
 
 SEED = ["2-bit", "4-bit", "6-bit"]
 KMEANS_RICH = SEED + ["3-bit", "8-bit", "2-bit +scale", "3-bit +scale", "4-bit +scale", "6-bit +scale"]
@@ -65,17 +68,21 @@ def candidate_sets(task_name: str) -> dict[str, list[str]]:
 def refine_data(task):
     """``(training batches, validation batches)`` for refinement, from the calibration photos/sentences only.
 
-    CNNs: 160 new random crops of the five calibration photos (augmentation) to train,
-    the task's own calibration crops to validate. MiniLM: the calibration sentences
-    joined in pairs to train, the plain ones to validate.
+    CNNs: 160 new random crops of the calibration photos (augmentation), split by
+    photo: crops of the last calibration photo validate, the other four train, so the
+    kept step is the one that generalizes to a photo training did not see (crops of
+    the training photos themselves let refinement overfit them). MiniLM: the
+    calibration sentences joined in pairs to train, the plain ones to validate.
     """
     if task.name == "minilm":
         return task.calibration_data[1:], task.calibration
-    from bitsmith_zoo.data import image_crops
+    from bitsmith_zoo.data import CALIBRATION_IMAGES, crop_sources, image_crops
 
     normalization = "inception" if task.name == "efficientnet_lite0" else "imagenet"
     crops = image_crops(160, split="calibration", seed=1, normalization=normalization)
-    return [crops[i:i + 16] for i in range(0, len(crops), 16)], task.calibration
+    held = torch.tensor([s == CALIBRATION_IMAGES[-1] for s in crop_sources(160, "calibration")])
+    train, validation = crops[~held], crops[held]
+    return [train[i:i + 16] for i in range(0, len(train), 16)], [validation]
 
 
 def run_refine(task, small):
