@@ -362,7 +362,10 @@ def _score(model: nn.Module, infos: Sequence[LayerInfo], cands: Sequence[Candida
                                     emit))
         else:
             workers = _executor_workers(executor)
-            threads = max(1, (os.cpu_count() or 1) // workers) if own_pool else None
+            # a given executor scores with this process's torch threads: conv kernels round differently for
+            # other thread counts, so only then is the table identical to a sequential run (and the fast
+            # engine's check of the baseline output holds)
+            threads = max(1, (os.cpu_count() or 1) // workers) if own_pool else torch.get_num_threads()
             shared = SharedScoring(model=model, batches=batches, reference=reference, metric=metric,
                                    output_fn=output_fn, engine=engine,
                                    program=None if engine == "block" else program,  # workers record their own
