@@ -15,22 +15,16 @@ from bitsmith.palettization import Palettizer
 from bitsmith.plugins import Registry
 from bitsmith.sizes import model_size
 from bitsmith.testing import check_palettizer
+from bitsmith.testing.kernels import quantile_clusterer
 from bitsmith_refine import LOSSES, RefineOptions, RefinePalettizer, refine
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
-def quantile_kmeans(x, k, *, sample_weight=None, seed=None):
-    """Deterministic stand-in for the kmeans clusterer: quantile centroids, nearest assignment."""
-    x = torch.as_tensor(x, dtype=torch.float32)
-    centroids = torch.unique(torch.quantile(x[:, 0], torch.linspace(0, 1, k))).reshape(-1, 1)
-    return centroids, torch.cdist(x, centroids).argmin(1)
-
-
 class KMeansStandIn:
     @bitsmith.hookimpl
     def cluster(self, register):
-        register("kmeans", quantile_kmeans)
+        register("kmeans", quantile_clusterer)
 
 
 @pytest.fixture
