@@ -224,7 +224,9 @@ def model_size(model: nn.Module, *, dtype: Optional[torch.dtype] = None) -> Mode
     record stores (its LUT, indices, scales, ...) are part of the record's size, so an
     export backend that keeps them as module buffers does not count them twice.
     """
-    compressed, activations, seen, counted = ZERO, ZERO, set(), set()
+    compressed, activations = ZERO, ZERO
+    seen: set[int] = set()
+    counted: set[int] = set()
     for _, module, name, record in iter_records(model):
         tensors = [t for t in record_tensors(record) if id(t) not in seen]
         seen.update(id(t) for t in tensors)
@@ -252,7 +254,7 @@ def record_tensors(record: object) -> Iterable[torch.Tensor]:
     stack = [record]
     while stack:
         obj = stack.pop()
-        for field in attrs.fields(type(obj)):
+        for field in attrs.fields(type(obj)):  # type: ignore[arg-type]  # records are attrs classes
             value = getattr(obj, field.name)
             if isinstance(value, torch.Tensor):
                 yield value

@@ -26,7 +26,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def validate(args: argparse.Namespace) -> int:
     """Print the normalized config, or every error with its dotted path."""
     try:
-        config = load(args.file if args.file.endswith((".yaml", ".yml", ".json")) else _read(args.file))
+        config: object = load(args.file if args.file.endswith((".yaml", ".yml", ".json")) else _read(args.file))
     except ConfigError as exc:
         print(f"{args.file}: invalid config", file=sys.stderr)
         for line in exc.lines:

@@ -160,7 +160,7 @@ def _unmatched_keys(step: Union[PalettizeStep, QuantizeStep], model: nn.Module, 
         cls = config_class(palettizer_class(step.algorithm, registry), KMeansPalettizerConfig)
     else:
         cls = config_class(registry.get("quantizer", step.quantizer), QuantizerConfig)
-    body = from_dict(step.config, cls)
+    body: Any = from_dict(step.config, cls)
     if not (hasattr(body, "module_name_configs") and hasattr(body, "module_type_configs")):
         return []
     with warnings.catch_warnings():
