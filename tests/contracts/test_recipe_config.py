@@ -111,6 +111,28 @@ def test_per_layer_options_reach_the_algorithm():
     assert outliers is not None and outliers.values.numel() == round(0.05 * model[2].weight.numel())
 
 
+def test_mixed_algorithms_judge_coverage_on_the_whole_model():
+    import warnings
+
+    from bitsmith.coverage import LowCoverageWarning
+    model = _small_cnn()
+    calibration = [torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(2))]
+    config = load({"kmeans_palettization_config": {
+        "global_config": {"op_state_spec": {"weight": {"n_bits": 4}}},
+        "module_name_configs": {"0": {"op_state_spec": {"weight": {"n_bits": 2}}, "algorithm": "sensitive_kmeans"}}}})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = palettize(model, config, calibration)
+    assert not [w for w in caught if issubclass(w.category, LowCoverageWarning)]
+    assert len(list(compressed.iter_records(out))) == 6
+    del config.module_name_configs["0"]
+    config.global_config = None
+    config.module_name_configs["0"] = ModuleKMeansPalettizerConfig(algorithm="sensitive_kmeans")
+    config.module_name_configs["2"] = ModuleKMeansPalettizerConfig()
+    with pytest.warns(LowCoverageWarning, match="stay uncompressed"):
+        palettize(model, config, calibration)
+
+
 @pytest.mark.slow
 def test_to_config_reproduces_apply_recipe_on_mobilenet_v2():
     zoo = pytest.importorskip("bitsmith_zoo")

@@ -13,6 +13,7 @@ applied here gives the model :func:`~bitsmith.mixed_precision.apply_recipe` give
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Any, Optional
 
 import attrs
@@ -20,6 +21,7 @@ from attrs import define
 from torch import nn
 
 from .. import compressed, plugins
+from ..coverage import IncompatibleLayerWarning, LowCoverageWarning, check_coverage
 from ..config import KMeansPalettizerConfig, ModuleKMeansPalettizerConfig, load
 from ..errors import CompressionError
 from ..protocols import config_class_of, instantiate
@@ -90,7 +92,10 @@ def palettize(model: nn.Module, config: Any = None, example_inputs: Any = None, 
         return palettizers[0].prepare(example_inputs, inplace=inplace, **prepare_kwargs)
     out = model if inplace else copy.deepcopy(model)
     for part, palettizer in zip(parts, palettizers):
-        prepared = palettizer.prepare(example_inputs, **prepare_kwargs)
+        with warnings.catch_warnings():  # each part covers only its own scopes: coverage is judged on the whole below
+            warnings.simplefilter("ignore", LowCoverageWarning)
+            warnings.simplefilter("ignore", IncompatibleLayerWarning)
+            prepared = palettizer.prepare(example_inputs, **prepare_kwargs)
         moved = 0
         for name, _, tensor, record in compressed.iter_records(prepared):
             if isinstance(record, compressed.PalettizedTensor):
@@ -99,6 +104,7 @@ def palettize(model: nn.Module, config: Any = None, example_inputs: Any = None, 
         if not moved:
             raise CompressionError(f"palettizer {part.algorithm!r} attached no palettized record to the layers it was "
                                    "given; a training-time palettizer must be the only algorithm of its config")
+    check_coverage(out, config, {name: note for p in palettizers for name, note in getattr(p, "plan_notes", {}).items()})
     return out
 
 
