@@ -26,15 +26,17 @@ from __future__ import annotations
 
 import re
 import warnings
-from typing import Any, Iterator, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 import attrs
 from attrs import define
+import torch
 from torch import nn
 
 from .config.module_types import canonical_name, type_names
 from .config.palettization import ON_INCOMPATIBLE
 from .config.specs import PalettizationSpec, PerGroupedChannelGranularity
+from .errors import CompressionError
 
 PALETTIZABLE_TYPES: tuple[type[nn.Module], ...] = (
     nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
@@ -302,3 +304,15 @@ __all__ = ["ACTIVATION_DIRECTIONS", "ON_INCOMPATIBLE", "PALETTIZABLE_TYPES", "PA
            "ResolvedTensor", "Scope", "TRANSPOSED_WEIGHT_TYPE_NAMES", "UnmatchedConfigWarning", "canonical_name",
            "governing_scope", "is_palettizable", "op_config", "output_channel_dim", "palettizable_modules",
            "resolve_activation_spec", "resolve_state_specs", "tensor_spec", "warn_unmatched_keys"]
+
+
+def check_materialized(named_tensors: Iterable[tuple[str, torch.Tensor]], action: str) -> None:
+    """Refuse, naming them, tensors on the ``meta`` device: they have no values to ``action``.
+
+    :raises CompressionError: listing every such tensor (the first ten by name).
+    """
+    meta = [name for name, tensor in named_tensors if tensor.is_meta]
+    if meta:
+        shown = ", ".join(meta[:10]) + (f", ... ({len(meta)} in all)" if len(meta) > 10 else "")
+        raise CompressionError(f"cannot {action}: weights on the meta device have no values ({shown}); "
+                               "materialize the model first (e.g. model.to_empty(device='cpu') and load_state_dict)")

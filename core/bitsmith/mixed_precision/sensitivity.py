@@ -38,7 +38,7 @@ from ..errors import CompressionError, ConfigError
 from ..palettization import Palettizer
 from ..palettization.tensor import check_palettizable
 from ..progress import progress_bar
-from ..resolve import ResolvedTensor
+from ..resolve import ResolvedTensor, check_materialized
 from ..sizes import dense_size, model_size, record_size
 from .cache import SensitivityCache, default_cache_dir, digest
 from .candidates import Candidate, CandidateLike, resolve_candidates
@@ -111,6 +111,7 @@ def compute_sensitivity(model: nn.Module, data: Any, candidates: Optional[Iterab
     instances = dict(palettizers or {})
     classes = {name: registry.get("palettizer", name) for name in dict.fromkeys(c.palettizer for c in cands)
                if name not in instances}
+    check_materialized(model.named_parameters(), "score sensitivity")
     infos = find_layers(model, layers)
     if not infos:
         raise CompressionError(f"{type(model).__name__} has no palettizable layer to score")

@@ -25,7 +25,7 @@ from ..coverage import check_coverage, fit_spec
 from ..errors import CompressionError, ConfigError
 from ..export import ExportBackend, finalize as export_finalize
 from ..progress import progress_bar
-from ..resolve import ResolvedTensor, resolve_state_specs
+from ..resolve import ResolvedTensor, check_materialized, resolve_state_specs
 from ..sizes import TensorSize, dense_size, model_size
 from .memory import copy_for_compression
 from .report import LayerReport, PalettizationReport, layer_report
@@ -67,7 +67,7 @@ class Palettizer:
         :attr:`plan_notes` (qualified name -> note) for the report's coverage.
         """
         model = self.model if model is None else model
-        seen, targets = set(), []
+        seen, targets, meta = set(), [], []
         self.plan_notes: dict[str, str] = {}
         for item in resolve_state_specs(model, self.config):
             if item.spec is None:
@@ -76,6 +76,9 @@ class Palettizer:
             if id(tensor) in seen:
                 continue
             seen.add(id(tensor))
+            if tensor.is_meta:
+                meta.append((item.qualified_name, tensor))
+                continue
             if not tensor.is_floating_point():
                 raise CompressionError(f"{item.qualified_name}: cannot palettize a {tensor.dtype} tensor")
             if not all_finite(tensor):
@@ -85,6 +88,7 @@ class Palettizer:
                 self.plan_notes[item.qualified_name] = note
             if spec is not None:
                 targets.append(item if spec is item.spec else attrs.evolve(item, spec=spec))
+        check_materialized(meta, "palettize")
         return targets
 
     def sample_weight(self, item: ResolvedTensor) -> Optional[torch.Tensor]:
