@@ -21,6 +21,9 @@ import torch
 BLOCK = 8
 """Values per packing block; a block of ``n_bits``-bit values is ``n_bits`` bytes."""
 
+CHUNK = BLOCK * 2**18
+"""Values packed or unpacked per step (a multiple of :data:`BLOCK`): bounds the temporaries."""
+
 
 def _check(n_bits: int) -> None:
     if isinstance(n_bits, bool) or not isinstance(n_bits, int) or not 1 <= n_bits <= 8:
@@ -38,27 +41,33 @@ def packed_nbytes(count: int, n_bits: int) -> int:
 def pack_bits(values: torch.Tensor, n_bits: int) -> torch.Tensor:
     """Pack the flattened ``values`` (integers in ``[0, 2**n_bits)``) into a 1-D uint8 tensor.
 
+    Works through :data:`CHUNK` values at a time, so the extra memory stays bounded
+    (about 30 bytes per chunk value) whatever the tensor's size.
     Raises ``ValueError`` when a value does not fit in ``n_bits`` bits.
     """
     _check(n_bits)
-    flat = values.detach().reshape(-1).to(device="cpu", dtype=torch.int64).numpy()
-    if flat.size and (flat.min() < 0 or flat.max() >= 2**n_bits):
+    flat = values.detach().reshape(-1).cpu()
+    if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= 2**n_bits):
         raise ValueError(f"values must lie in [0, {2**n_bits}) to pack at {n_bits} bits; "
-                         f"got range [{flat.min()}, {flat.max()}]")
+                         f"got range [{int(flat.min())}, {int(flat.max())}]")
     if n_bits == 8:
-        return torch.from_numpy(flat.astype(np.uint8))
-    blocks = math.ceil(flat.size / BLOCK)
-    padded = np.zeros(blocks * BLOCK, dtype=np.uint64)
-    padded[:flat.size] = flat
+        return flat.to(torch.uint8, copy=True)
+    out: np.ndarray = np.empty(packed_nbytes(flat.numel(), n_bits), dtype=np.uint8)
     shifts = np.arange(BLOCK, dtype=np.uint64) * np.uint64(n_bits)
-    words = np.bitwise_or.reduce(padded.reshape(blocks, BLOCK) << shifts, axis=1)  # (blocks,) n_bits*8 bits each
     byte_shifts = np.arange(n_bits, dtype=np.uint64) * np.uint64(8)
-    out = ((words[:, None] >> byte_shifts) & np.uint64(0xFF)).astype(np.uint8)
-    return torch.from_numpy(out.reshape(-1))
+    for start in range(0, flat.numel(), CHUNK):
+        chunk = flat[start:start + CHUNK].to(torch.int64).numpy()
+        blocks = math.ceil(chunk.size / BLOCK)
+        padded = np.zeros(blocks * BLOCK, dtype=np.uint64)
+        padded[:chunk.size] = chunk
+        words = np.bitwise_or.reduce(padded.reshape(blocks, BLOCK) << shifts, axis=1)  # n_bits*8 bits each
+        first = start // BLOCK * n_bits
+        out[first:first + blocks * n_bits] = ((words[:, None] >> byte_shifts) & np.uint64(0xFF)).reshape(-1)
+    return torch.from_numpy(out)
 
 
 def unpack_bits(packed: torch.Tensor, n_bits: int, count: int) -> torch.Tensor:
-    """Inverse of :func:`pack_bits`: the first ``count`` values as a 1-D uint8 tensor."""
+    """Inverse of :func:`pack_bits`: the first ``count`` values as a 1-D uint8 tensor (chunked the same way)."""
     _check(n_bits)
     data = packed.detach().reshape(-1).to(device="cpu", dtype=torch.uint8).numpy()
     expected = packed_nbytes(count, n_bits)
@@ -66,12 +75,16 @@ def unpack_bits(packed: torch.Tensor, n_bits: int, count: int) -> torch.Tensor:
         raise ValueError(f"{count} values at {n_bits} bits take {expected} packed bytes; got {data.size}")
     if n_bits == 8:
         return torch.from_numpy(data.copy())
-    blocks = data.size // n_bits
+    out: np.ndarray = np.empty(math.ceil(count / BLOCK) * BLOCK, dtype=np.uint8)
     byte_shifts = np.arange(n_bits, dtype=np.uint64) * np.uint64(8)
-    words = np.bitwise_or.reduce(data.reshape(blocks, n_bits).astype(np.uint64) << byte_shifts, axis=1)
     shifts = np.arange(BLOCK, dtype=np.uint64) * np.uint64(n_bits)
-    values = (words[:, None] >> shifts) & np.uint64(2**n_bits - 1)
-    return torch.from_numpy(values.reshape(-1)[:count].astype(np.uint8))
+    step = CHUNK // BLOCK * n_bits  # packed bytes per chunk
+    for first in range(0, data.size, step):
+        part = data[first:first + step]
+        words = np.bitwise_or.reduce(part.reshape(-1, n_bits).astype(np.uint64) << byte_shifts, axis=1)
+        start = first // n_bits * BLOCK
+        out[start:start + words.size * BLOCK] = ((words[:, None] >> shifts) & np.uint64(2**n_bits - 1)).reshape(-1)
+    return torch.from_numpy(out[:count].copy() if out.size != count else out)
 
 
-__all__ = ["BLOCK", "pack_bits", "packed_nbytes", "unpack_bits"]
+__all__ = ["BLOCK", "CHUNK", "pack_bits", "packed_nbytes", "unpack_bits"]

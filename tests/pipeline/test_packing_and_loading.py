@@ -13,7 +13,7 @@ from bitsmith.compressed import ActivationQuant
 from bitsmith.config import QuantizationSpec
 from bitsmith.errors import ConfigError, PluginError
 from bitsmith.loading import disable_activation_quant, enable_activation_quant, import_callable
-from bitsmith.packing import pack_bits, packed_nbytes, unpack_bits
+from bitsmith.packing import CHUNK, pack_bits, packed_nbytes, unpack_bits
 
 
 @pytest.mark.parametrize("n_bits", [1, 2, 3, 4, 5, 6, 7, 8])
@@ -30,6 +30,20 @@ def test_bit_order_is_lsb_first():
     # 3-bit values 1, 2, 7: bits 001 | 010 | 111 -> 0b11_010_001 = 0xD1, then the high bit of 7 in byte 1
     assert pack_bits(torch.tensor([1, 2, 7]), 3).tolist() == [0xD1, 0x01, 0x00]
     assert pack_bits(torch.tensor([0xA, 0x5]), 4).tolist() == [0x5A, 0, 0, 0]
+
+
+@pytest.mark.parametrize("n_bits", [1, 3, 4, 6])
+def test_packing_across_chunks_matches_the_bit_stream_definition(n_bits):
+    count = 2 * CHUNK + 13  # three chunks, the last one ragged
+    values = torch.randint(0, 2**n_bits, (count,), generator=torch.Generator().manual_seed(n_bits))
+    packed = pack_bits(values, n_bits)
+    assert packed.numel() == packed_nbytes(count, n_bits)
+    # the documented layout, computed the slow way: value i occupies bits i*n .. i*n+n-1, LSB first
+    bits = ((values[:, None] >> torch.arange(n_bits)) & 1).reshape(-1)
+    bits = torch.cat([bits, bits.new_zeros(packed.numel() * 8 - bits.numel())])
+    expected = (bits.reshape(-1, 8) << torch.arange(8)).sum(1).to(torch.uint8)
+    assert torch.equal(packed, expected)
+    assert torch.equal(unpack_bits(packed, n_bits, count), values.to(torch.uint8))
 
 
 def test_pack_errors():
