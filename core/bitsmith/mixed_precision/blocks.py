@@ -34,7 +34,6 @@ Memory: the frontier's values for every batch, about one set of activations.
 from __future__ import annotations
 
 import functools
-import time
 from collections.abc import Mapping
 from typing import Any, Callable, Sequence
 
@@ -42,7 +41,7 @@ import torch
 from attrs import define, field
 from torch import nn
 
-from .inputs import Batch, _pick
+from .inputs import Batch, _pick, score_candidates
 
 __all__ = ["BlockReplay", "Call", "ReplayError"]
 
@@ -268,14 +267,6 @@ class BlockReplay:
               record: Callable[[int, int, float, float], None]) -> None:
         """Score every candidate of every task (``EvalTask``); ``record(layer, candidate, score, seconds)``."""
         for task in tasks:
-            module = self.model.get_submodule(task.name)
-            param = getattr(module, task.tensor)
-            original = param.data
-            try:
-                for ci, rec in task.candidates:
-                    start = time.perf_counter()
-                    param.data = rec.dequantize().to(device=original.device, dtype=original.dtype)
-                    out = self.run((task.name, task.tensor))
-                    record(task.layer_index, ci, float(metric.score(reference, out)), time.perf_counter() - start)
-            finally:
-                param.data = original
+            key = (task.name, task.tensor)
+            score_candidates(self.model.get_submodule(task.name), task, lambda: self.run(key),
+                             lambda out: float(metric.score(reference, out)), record)

@@ -44,7 +44,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import operator
-import time
 import warnings
 from typing import Any, Callable, Optional, Sequence
 
@@ -54,7 +53,7 @@ from torch import nn
 
 from ..compressed import PalettizedTensor
 from .blocks import BlockReplay, ReplayError
-from .inputs import Batch, _pick, run_batches
+from .inputs import Batch, _pick, run_batches, score_candidates
 from .local import score_locally
 
 __all__ = ["ENGINES", "EngineFallbackWarning", "EvalTask", "EvalUnit", "GraphWalker", "Program", "Ref", "Step",
@@ -207,18 +206,9 @@ def check_blocks(model: nn.Module, batches: Sequence[Batch], reference: torch.Te
 
 def _naive(unit: EvalUnit, record: Emit) -> None:
     for task in unit.tasks:
-        module = unit.model.get_submodule(task.name)
-        param = getattr(module, task.tensor)
-        original = param.data
-        try:
-            for ci, rec in task.candidates:
-                start = time.perf_counter()
-                param.data = rec.dequantize().to(device=original.device, dtype=original.dtype)
-                out = run_batches(unit.model, unit.batches, unit.output_fn)
-                record(task.layer_index, ci, float(unit.metric.score(unit.reference, out)),
-                       time.perf_counter() - start)
-        finally:
-            param.data = original
+        score_candidates(unit.model.get_submodule(task.name), task,
+                         lambda: run_batches(unit.model, unit.batches, unit.output_fn),
+                         lambda out: float(unit.metric.score(unit.reference, out)), record)
 
 
 # ---------------------------------------------------------------------- torch.fx walker
@@ -489,17 +479,9 @@ class GraphWalker:
 
     def _score_from(self, i: int, envs: list[dict], task: EvalTask, metric: Any, reference: torch.Tensor,
                     record: Emit) -> None:
-        module = self.model.get_submodule(task.name)
-        param = getattr(module, task.tensor)
-        original = param.data
-        try:
-            for ci, rec in task.candidates:
-                start = time.perf_counter()
-                param.data = rec.dequantize().to(device=original.device, dtype=original.dtype)
-                out = _cat([_pick(self.output_fn, self._run(i, env, private=True)) for env in envs])
-                record(task.layer_index, ci, float(metric.score(reference, out)), time.perf_counter() - start)
-        finally:
-            param.data = original
+        score_candidates(self.model.get_submodule(task.name), task,
+                         lambda: _cat([_pick(self.output_fn, self._run(i, env, private=True)) for env in envs]),
+                         lambda out: float(metric.score(reference, out)), record)
 
 
 def _cat(outs: list[torch.Tensor]) -> torch.Tensor:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import time
 from collections.abc import Mapping
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
@@ -174,6 +175,26 @@ def default_output_fn(output: Any) -> torch.Tensor:
         return default_output_fn(output[0])
     raise TypeError(f"output_fn: cannot find a tensor in a model output of type {type(output).__name__}; "
                     "pass output_fn=lambda out: ... to pick one")
+
+
+def score_candidates(module: nn.Module, task: Any, run: Callable[[], torch.Tensor],
+                     score: Callable[[torch.Tensor], float], record: Callable[[int, int, float, float], None]) -> None:
+    """Put each of ``task``'s candidate records into ``module``'s tensor in turn, ``run``, ``score`` and ``record`` it.
+
+    ``task`` is an ``EvalTask`` (``tensor``, ``layer_index``, ``candidates`` of
+    ``(candidate index, record)``); ``record(layer, candidate, score, seconds)``. The
+    tensor's original values are restored afterwards, also on error. Every engine
+    (naive, block replay, local) scores through this one loop.
+    """
+    param = getattr(module, task.tensor)
+    original = param.data
+    try:
+        for ci, rec in task.candidates:
+            start = time.perf_counter()
+            param.data = rec.dequantize().to(device=original.device, dtype=original.dtype)
+            record(task.layer_index, ci, score(run()), time.perf_counter() - start)
+    finally:
+        param.data = original
 
 
 def run_batches(model: nn.Module, batches: Sequence[Batch], output_fn: Callable[[Any], torch.Tensor]) -> torch.Tensor:

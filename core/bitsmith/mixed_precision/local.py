@@ -18,13 +18,12 @@ is a group of its own), so activations of the whole model are never held at once
 
 from __future__ import annotations
 
-import time
 from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
-from .inputs import Batch, default_output_fn
+from .inputs import Batch, default_output_fn, score_candidates
 
 __all__ = ["DEFAULT_BUDGET_BYTES", "score_locally"]
 
@@ -96,19 +95,14 @@ def score_locally(model: nn.Module, batches: Sequence[Batch], tasks: Sequence[An
         for name in group:
             module = model.get_submodule(name)
             reference = torch.cat([out for _, _, out in calls[name]]) if calls[name] else torch.ones(1)
+            def run(module: nn.Module = module, name: str = name, reference: torch.Tensor = reference) -> torch.Tensor:
+                with torch.inference_mode():
+                    outs = [_flat(module(*args, **kwargs)) for args, kwargs, _ in calls[name]]
+                return torch.cat(outs) if outs else reference
+
+            def score(out: torch.Tensor, reference: torch.Tensor = reference) -> float:
+                return float(metric.score(reference.reshape(1, -1), out.reshape(1, -1)))
+
             for task in by_name[name]:
-                param = getattr(module, task.tensor)
-                original = param.data
-                try:
-                    for ci, rec in task.candidates:
-                        start = time.perf_counter()
-                        param.data = rec.dequantize().to(device=original.device, dtype=original.dtype)
-                        with torch.inference_mode():
-                            outs = [_flat(module(*args, **kwargs)) for args, kwargs, _ in calls[name]]
-                        out = torch.cat(outs) if outs else reference
-                        record(task.layer_index, ci, float(metric.score(reference.reshape(1, -1),
-                                                                        out.reshape(1, -1))),
-                               time.perf_counter() - start)
-                finally:
-                    param.data = original
+                score_candidates(module, task, run, score, record)
         del calls
