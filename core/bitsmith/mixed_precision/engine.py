@@ -92,7 +92,6 @@ class EvalUnit:
     output_fn: Callable[[Any], torch.Tensor]
     engine: str
     tasks: list[EvalTask]
-    threads: Optional[int] = None
     program: Any = None
     """The fast engine's :class:`Program`; for the block engine in this process, the prepared :class:`BlockReplay`."""
 
@@ -104,6 +103,8 @@ class UnitResult:
     scores: list[tuple[int, int, float, float]] = field(factory=list)
     engine: str = "naive"
     note: Optional[str] = None
+    reference_diff: float = 0.0
+    """In a worker: largest difference between its own reference output and the caller's (0.0: bit-identical)."""
 
 
 Emit = Callable[[int, int, float, float], None]
@@ -150,8 +151,6 @@ def run_unit(unit: EvalUnit, emit: Optional[Emit] = None) -> UnitResult:
     With ``engine="fast"``, ``unit.program`` is the checked program from :func:`trace`.
     ``"block"`` records the call tree here (a few baseline passes) and replays it.
     """
-    if unit.threads:
-        torch.set_num_threads(unit.threads)
     result = UnitResult(engine=unit.engine)
 
     def record(li: int, ci: int, score: float, seconds: float) -> None:

@@ -22,7 +22,6 @@ import concurrent.futures as cf
 import copy
 import math
 import multiprocessing
-import os
 import time
 from collections import OrderedDict
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
@@ -43,7 +42,7 @@ from ..sizes import dense_size, model_size, record_size
 from .cache import SensitivityCache, default_cache_dir, digest
 from .candidates import Candidate, CandidateLike, resolve_candidates
 from .engine import ENGINES, EvalTask, EvalUnit, UnitResult, check_blocks, eval_mode, run_unit, trace, warn_fallback
-from .executors import SharedScoring, submitter
+from .executors import SharedScoring, score_on, unit_threads
 from .inputs import Batch, LayerInfo, default_output_fn, find_layers, hash_data, hash_weights, normalize_data, \
     run_batches, to_device, weights_device
 from .table import SCHEMA_VERSION, SensitivityRow, SensitivityTable
@@ -153,8 +152,7 @@ def compute_sensitivity(model: nn.Module, data: Any, candidates: Optional[Iterab
             todo = [(li, ci) for li, info in enumerate(infos) for ci in applicable[li]
                     if cache.row(info.name, cache.pair_key(info.name, pair_keys[cands[ci].label])) is None]
             engine_used, notes = _score(scorer, infos, cands, todo, records, batches, reference, metric_impl,
-                                        output_fn, engine, cache, pair_keys, executor,
-                                        own_pool is not None, progress)
+                                        output_fn, engine, cache, pair_keys, executor, progress)
             score_s = time.perf_counter() - t0
     finally:
         if own_pool is not None:
@@ -336,7 +334,7 @@ def _cluster_by_prepare(cls: Any, model: nn.Module, infos: Sequence[LayerInfo], 
 def _score(model: nn.Module, infos: Sequence[LayerInfo], cands: Sequence[Candidate], todo: list[tuple[int, int]],
            records: Mapping[tuple[int, int], compressed.PalettizedTensor], batches: list[Batch],
            reference: torch.Tensor, metric: Any, output_fn: Callable, engine: str, cache: SensitivityCache,
-           pair_keys: Mapping[str, str], executor: Optional[cf.Executor], own_pool: bool,
+           pair_keys: Mapping[str, str], executor: Optional[cf.Executor],
            progress: Optional[bool]) -> tuple[str, list[str]]:
     """Score the ``todo`` pairs, writing each score to the cache; returns (engine used, fallback notes)."""
     if not todo:
@@ -362,17 +360,18 @@ def _score(model: nn.Module, infos: Sequence[LayerInfo], cands: Sequence[Candida
                                              output_fn=output_fn, engine=engine, tasks=tasks, program=program),
                                     emit))
         else:
-            workers = _executor_workers(executor)
-            # a given executor scores with this process's torch threads: conv kernels round differently for
-            # other thread counts, so only then is the table identical to a sequential run (and the fast
-            # engine's check of the baseline output holds)
-            threads = max(1, (os.cpu_count() or 1) // workers) if own_pool else torch.get_num_threads()
             shared = SharedScoring(model=model, batches=batches, reference=reference, metric=metric,
                                    output_fn=output_fn, engine=engine,
                                    program=None if engine == "block" else program,  # workers record their own
-                                   tensors=[(t.name, t.tensor) for t in tasks])
-            submit = submitter(executor, shared, threads)
-            results += _run_pool(submit, _chunks(tasks, max(1, 2 * workers)), workers + 1, emit)
+                                   tensors=[(t.name, t.tensor) for t in tasks], threads=unit_threads(executor))
+            results += score_on(executor, shared, tasks, emit)
+            diff = max(r.reference_diff for r in results)
+            if diff:
+                note = (f"the workers' reference output differs from this process's by up to {diff:.3g} (another "
+                        "torch thread count or CPU): each worker scores against its own, so scores can differ from "
+                        "a sequential run's in the last digits")
+                notes.append(note)
+                quiet.add(note)
     notes = list(dict.fromkeys(notes + [r.note for r in results if r.note]))
     for note in notes:
         if note not in quiet:
@@ -406,51 +405,3 @@ def _choose_engine(requested: str, model: nn.Module, batches: list[Batch], refer
         return "block", replay, notes, quiet
     notes.append(note)
     return "naive", None, notes, quiet
-
-
-def _executor_workers(executor: cf.Executor) -> int:
-    """How many tasks ``executor`` runs at once (ProcessPool/ThreadPool, Dask; else 2)."""
-    n = getattr(executor, "_max_workers", None)
-    if isinstance(n, int) and n > 0:
-        return n
-    client = getattr(executor, "_client", None)
-    if client is not None:
-        try:
-            return max(1, sum(client.nthreads().values()))
-        except Exception:  # noqa: BLE001 - any failure: fall back to the default
-            pass
-    return 2
-
-
-def _chunks(tasks: list[EvalTask], n: int) -> list[list[EvalTask]]:
-    """Split tasks into ``n`` contiguous chunks of about equal numbers of pairs."""
-    total = sum(len(t.candidates) for t in tasks)
-    target = max(1, math.ceil(total / n))
-    chunks, current, count = [], [], 0
-    for task in tasks:
-        current.append(task)
-        count += len(task.candidates)
-        if count >= target:
-            chunks.append(current)
-            current, count = [], 0
-    if current:
-        chunks.append(current)
-    return chunks
-
-
-def _run_pool(submit: Callable[[list[EvalTask]], cf.Future], chunks: list[list[EvalTask]], window: int,
-              emit: Callable[[int, int, float, float], None]) -> list[UnitResult]:
-    """Submit one unit per chunk, at most ``window`` in flight (bounds memory); emit scores as units finish."""
-    pending = list(chunks)
-    running: set[cf.Future] = set()
-    results = []
-    while pending or running:
-        while pending and len(running) < window:
-            running.add(submit(pending.pop(0)))
-        done, running = cf.wait(running, return_when=cf.FIRST_COMPLETED)
-        for future in done:
-            result = future.result()
-            for li, ci, score, seconds in result.scores:
-                emit(li, ci, score, seconds)
-            results.append(result)
-    return results
