@@ -53,7 +53,9 @@ GOALS = {  # (task, target BPW) -> minimum fidelity on the broad set (issue 17)
     ("efficientnet_lite0", 4.0): 0.95,
     ("minilm", 4.0): 0.995,
 }
-REFINE_STEPS = 100
+#: settings of the refine row (bitsmith_refine.RefineOptions), measured with benchmarks/refine_bench.py
+REFINE_OPTIONS = {"steps": 100, "lr": 3e-4, "eval_every": 10}
+REFINE_BATCH = 8  # augmented views per refinement step
 
 
 def candidate_sets(task_name: str) -> dict[str, list[str]]:
@@ -65,38 +67,54 @@ def candidate_sets(task_name: str) -> dict[str, list[str]]:
     }
 
 
-def refine_data(task):
+def refine_data(task, batch_size: int = REFINE_BATCH, seed: int = 0):
     """``(training batches, validation batches)`` for refinement, from the calibration photos/sentences only.
 
-    CNNs: 160 new random crops of the calibration photos (augmentation), split by
-    photo: crops of the last calibration photo validate, the other four train, so the
-    kept step is the one that generalizes to a photo training did not see (crops of
-    the training photos themselves let refinement overfit them). MiniLM: the
-    calibration sentences joined in pairs to train, the plain ones to validate.
+    CNNs: an endless stream of fresh, strongly augmented views of four calibration photos
+    (:func:`bitsmith_refine.augmented_views`: random resized crops of 8-100% of the
+    area, flips, color jitter, grayscale, blur), ``batch_size`` per step; 32 views of the
+    fifth photo validate (its center crop and augmented views), so the kept step is the
+    one that generalizes to a photo training did not see. MiniLM: the calibration
+    sentences joined in pairs to train, the plain ones to validate.
     """
     if task.name == "minilm":
         return task.calibration_data[1:], task.calibration
-    from bitsmith_zoo.data import CALIBRATION_IMAGES, crop_sources, image_crops
+    from bitsmith_refine import augmented_views
+    from bitsmith_zoo.data import CALIBRATION_IMAGES, center_crop, load_image, normalize, resize_shorter
 
-    normalization = "inception" if task.name == "efficientnet_lite0" else "imagenet"
-    crops = image_crops(160, split="calibration", seed=1, normalization=normalization)
-    held = torch.tensor([s == CALIBRATION_IMAGES[-1] for s in crop_sources(160, "calibration")])
-    train, validation = crops[~held], crops[held]
-    return [train[i:i + 16] for i in range(0, len(train), 16)], [validation]
+    def norm(x):
+        return normalize(x, "inception" if task.name == "efficientnet_lite0" else "imagenet")
+
+    photos = [load_image(name) for name in CALIBRATION_IMAGES]
+    train = augmented_views(photos[:-1], batch_size=batch_size, seed=seed, normalize=norm)
+    views = next(augmented_views(photos[-1:], batch_size=31, seed=seed + 1, normalize=norm))
+    center = norm(center_crop(resize_shorter(photos[-1], 256), 224)).unsqueeze(0)
+    return train, [torch.cat([center, views])]
 
 
-def run_refine(task, small):
-    """``(refined model, note)``: :func:`bitsmith_refine.refine` on calibration data only, with its cost."""
-    from bitsmith_refine import RefineOptions, refine
+def run_refine(task, small, options=None):
+    """``(refined model, note)``: :func:`bitsmith_refine.refine` on calibration data only, with its cost.
 
+    ``options``: :class:`bitsmith_refine.RefineOptions`; ``None``: :data:`REFINE_OPTIONS`
+    (MiniLM: the same with the MSE loss).
+    """
+    from bitsmith_refine import refine
+
+    options = refine_options(task) if options is None else options
     train, validation = refine_data(task)
-    loss = "kl" if task.classifier else "mse"
-    result = refine(small, task.model, train, validation=validation,
-                    options=RefineOptions(steps=REFINE_STEPS, loss=loss))
-    note = (f"refine: {result.parameters} values, {REFINE_STEPS} steps, {result.seconds:.0f} s, peak RSS "
-            f"{result.peak_rss_mib:.0f} MiB; validation {loss} {result.loss_before:.4g} -> {result.loss_after:.4g} "
-            f"(step {result.best_step})")
+    result = refine(small, task.model, train, validation=validation, options=options)
+    note = (f"refine: {result.parameters} values, {result.steps} steps, {result.seconds:.0f} s, "
+            f"peak RSS {result.peak_rss_mib:.0f} MiB; validation {options.loss} {result.loss_before:.4g} -> "
+            f"{result.loss_after:.4g} (step {result.best_step})")
     return result.model, note
+
+
+def refine_options(task):
+    """The refinement settings of the refine row for ``task`` (:data:`REFINE_OPTIONS`, MSE loss for embeddings)."""
+    import attrs
+    from bitsmith_refine import RefineOptions
+
+    return attrs.evolve(RefineOptions(**REFINE_OPTIONS), loss="kl" if task.classifier else "mse")
 
 
 def run_task(task, target_bpw: float, cache_dir, refine: bool = True) -> tuple[list[tuple], object, list[str]]:

@@ -120,3 +120,57 @@ def test_refine_palettizer_is_registered_and_conforms(registry) -> None:
         palettizer.prepare()
     small = palettizer.prepare(_data(1))
     assert palettizer.result.model is small and palettizer.result.loss_after < palettizer.result.loss_before
+
+
+def _moves(start: nn.Module, refined: nn.Module) -> float:
+    old = {n: r for n, _, _, r in compressed.iter_records(start)}
+    return sum((r.lut - old[n].lut).square().sum().item() for n, _, _, r in compressed.iter_records(refined))
+
+
+def test_refine_draws_a_fresh_batch_per_step_from_an_iterator(registry) -> None:
+    model = _net()
+    small = Palettizer(model, _config(2, True), registry=registry).prepare()
+    drawn = []
+
+    def stream():
+        gen = torch.Generator().manual_seed(5)
+        for _ in range(25):  # runs out before the 40 steps asked for
+            drawn.append(torch.randn(8, 3, 8, 8, generator=gen))
+            yield drawn[-1]
+
+    with pytest.raises(ValueError, match="validation: batches are needed when data is an iterator"):
+        refine(small, model, stream())
+    assert drawn == []  # refused before drawing anything
+    result = refine(small, model, stream(), validation=_data(2), options=RefineOptions(steps=40, lr=1e-2))
+    assert result.steps == 25 and len(drawn) == 25 and len({b.sum().item() for b in drawn}) == 25
+    assert result.best_step in (10, 20, 25) and result.loss_after < 0.8 * result.loss_before
+    assert _kl(model, result.model, _data(3)) < 0.8 * _kl(model, small, _data(3))
+
+
+def test_anchor_keeps_the_values_near_their_start(registry) -> None:
+    model = _net()
+    small = Palettizer(model, _config(2, False), registry=registry).prepare()
+    free = refine(small, model, _data(1), validation=_data(2), options=RefineOptions(steps=40, lr=1e-2))
+    held = refine(small, model, _data(1), validation=_data(2), options=RefineOptions(steps=40, lr=1e-2, anchor=30.0))
+    assert free.best_step and held.best_step
+    assert _moves(small, held.model) < 0.3 * _moves(small, free.model)
+    assert held.loss_after < held.loss_before  # still improves, within the trust region
+
+
+def test_feature_matching_lowers_held_out_kl_and_removes_its_hooks(registry) -> None:
+    model = _net()
+    small = Palettizer(model, _config(2, True), registry=registry).prepare()
+    result = refine(small, model, _data(1), validation=_data(2),
+                    options=RefineOptions(steps=40, lr=1e-2, feature_weight=1.0))
+    assert result.best_step and _kl(model, result.model, _data(3)) < 0.8 * _kl(model, small, _data(3))
+    plain = refine(small, model, _data(1), validation=_data(2), options=RefineOptions(steps=40, lr=1e-2))
+    assert _moves(plain.model, result.model) > 0  # the layer targets changed the fit
+    for m in (*model.modules(), *result.model.modules()):
+        assert not m._forward_hooks
+    other = nn.Sequential(nn.Linear(3, 3))  # has no layer "2": refused before any work
+    with pytest.raises(ValueError, match="reference: has no module '2'"):
+        refine(small, other, _data(1), options=RefineOptions(feature_weight=1.0))
+    with pytest.raises(ValueError, match="anchor: expected a non-negative number"):
+        RefineOptions(anchor=-1.0)
+    with pytest.raises(ValueError, match="feature_weight: expected a non-negative number"):
+        RefineOptions(feature_weight=float("nan"))
