@@ -8,7 +8,8 @@ an endless stream of fresh, strongly augmented batches for it.
 """
 
 from .augment import AugmentOptions, augmented_views
+from .config import RefinePalettizerConfig
 from .palettizer import RefinePalettizer
 from .refine import LOSSES, RefineOptions, RefineResult, refine
 
-__all__ = ["LOSSES", "AugmentOptions", "RefineOptions", "RefinePalettizer", "RefineResult", "augmented_views", "refine"]
+__all__ = ["LOSSES", "AugmentOptions", "RefineOptions", "RefinePalettizer", "RefinePalettizerConfig", "RefineResult", "augmented_views", "refine"]

@@ -6,9 +6,11 @@ from typing import Any, Optional
 
 from torch import nn
 
+from bitsmith.config import KMeansPalettizerConfig
 from bitsmith.errors import CompressionError
 from bitsmith.palettization import Palettizer
 
+from .config import RefinePalettizerConfig
 from .refine import RefineOptions, RefineResult, refine
 
 
@@ -17,19 +19,25 @@ class RefinePalettizer(Palettizer):
     fitted to the uncompressed model's outputs on calibration batches (indices and size unchanged).
 
     :param model: the model to compress.
-    :param config: a ``KMeansPalettizerConfig`` (dict, YAML path or ``None`` as for k-means).
+    :param config: a :class:`~bitsmith_refine.config.RefinePalettizerConfig` or a plain
+        ``KMeansPalettizerConfig`` (default refinement options); dict, YAML path or ``None``
+        as for k-means.
     :param registry: plugin registry.
-    :param options: :class:`~bitsmith_refine.refine.RefineOptions` (training steps, loss, ...).
+    :param options: :class:`~bitsmith_refine.refine.RefineOptions` (training steps, loss, ...);
+        given, they replace the config's ``refine`` options.
     """
 
     algorithm = "kmeans"
+    config_class = RefinePalettizerConfig
 
     def __init__(self, model: nn.Module, config: Any = None, *, registry: Any = None,
                  options: Optional[RefineOptions] = None):
-        super().__init__(model, config, registry=registry)
         if options is not None and not isinstance(options, RefineOptions):
             raise TypeError(f"options: expected RefineOptions, got {type(options).__name__}")
-        self.options = RefineOptions() if options is None else options
+        if isinstance(config, KMeansPalettizerConfig) and not isinstance(config, RefinePalettizerConfig):
+            config = RefinePalettizerConfig.from_specs(config)
+        super().__init__(model, config, registry=registry)
+        self.options = self.config.refine if options is None else options
         self.result: Optional[RefineResult] = None
 
     def prepare(self, example_inputs: Any = None, **kwargs: Any) -> nn.Module:

@@ -26,6 +26,10 @@ class KMeansStandIn:
     def cluster(self, register):
         register("kmeans", quantile_clusterer)
 
+    @bitsmith.hookimpl
+    def palettizer(self, register):  # the scopes of a mixed config that name no algorithm
+        register("kmeans", Palettizer)
+
 
 @pytest.fixture
 def registry() -> Registry:
@@ -174,3 +178,36 @@ def test_feature_matching_lowers_held_out_kl_and_removes_its_hooks(registry) -> 
         RefineOptions(anchor=-1.0)
     with pytest.raises(ValueError, match="feature_weight: expected a non-negative number"):
         RefineOptions(feature_weight=float("nan"))
+
+
+MIXED_YAML = """
+kmeans_palettization_config:
+  global_config: {op_state_spec: {weight: {n_bits: 2, enable_per_channel_scale: true}}}
+  module_name_configs:
+    '6':
+      algorithm: refine
+      options: {steps: 30, lr: 0.01, anchor: 0.5}
+      op_state_spec: {weight: {n_bits: 2, enable_per_channel_scale: true}}
+"""
+
+
+def test_a_config_names_refine_with_its_options_per_layer(registry) -> None:
+    from bitsmith.config import ConfigError, load
+    from bitsmith.palettization import palettize
+    from bitsmith_refine import RefinePalettizerConfig
+
+    config = load(MIXED_YAML)
+    assert config.module_name_configs["6"].options == RefineOptions(steps=30, lr=0.01, anchor=0.5)
+    model = _net()
+    plain = Palettizer(model, _config(2, True), registry=registry).prepare()
+    mixed = palettize(model, config, example_inputs=_data(1), registry=registry)
+    kmeans = {n: r for n, _, _, r in compressed.iter_records(plain)}
+    for name, _, _, record in compressed.iter_records(mixed):  # only layer 6 refined, the rest as k-means left it
+        assert torch.equal(record.indices, kmeans[name].indices)
+        assert torch.equal(record.lut, kmeans[name].lut) == (name != "6")
+    assert _kl(model, mixed, _data(3)) < _kl(model, plain, _data(3))
+    own = RefinePalettizer(model, load("refine_palettization_config:\n  refine: {steps: 7, feature_weight: 1.0}\n"),
+                           registry=registry)
+    assert isinstance(own.config, RefinePalettizerConfig) and own.options == RefineOptions(steps=7, feature_weight=1.0)
+    with pytest.raises(ConfigError, match=r"refine_palettization_config\.refine\.steps: expected a positive integer"):
+        load("refine_palettization_config:\n  refine: {steps: 0}\n")
