@@ -108,7 +108,7 @@ def compute_sensitivity(model: nn.Module, data: Any, candidates: Optional[Iterab
     metric_name, metric_impl = _resolve_metric(metric, registry)
     cands = [c.bound(palettizer) for c in resolve_candidates(candidates)]
     instances = dict(palettizers or {})
-    classes = {name: registry.get("palettizer", name) for name in dict.fromkeys(c.palettizer for c in cands)
+    classes = {name: registry.get("palettizer", name) for name in dict.fromkeys(_palettizer(c) for c in cands)
                if name not in instances}
     check_materialized(model.named_parameters(), "score sensitivity")
     infos = find_layers(model, layers)
@@ -131,7 +131,7 @@ def compute_sensitivity(model: nn.Module, data: Any, candidates: Optional[Iterab
     root = default_cache_dir() if cache_dir is _DEFAULT else cache_dir
     cache = SensitivityCache(root, run_key, {"schema_version": SCHEMA_VERSION, "model": type(model).__qualname__,
                                              "metric": metric_name, "batches": len(batches)})
-    pair_keys = {c.label: c.key() + ":" + str(_version(registry, "palettizer", c.palettizer)) for c in cands}
+    pair_keys = {_label(c): c.key() + ":" + str(_version(registry, "palettizer", _palettizer(c))) for c in cands}
 
     own_pool = None
     if executor is None and num_workers > 1:  # one pool for clustering and scoring
@@ -150,7 +150,7 @@ def compute_sensitivity(model: nn.Module, data: Any, candidates: Optional[Iterab
 
             t0 = time.perf_counter()
             todo = [(li, ci) for li, info in enumerate(infos) for ci in applicable[li]
-                    if cache.row(info.name, cache.pair_key(info.name, pair_keys[cands[ci].label])) is None]
+                    if cache.row(info.name, cache.pair_key(info.name, pair_keys[_label(cands[ci])])) is None]
             engine_used, notes = _score(scorer, infos, cands, todo, records, batches, reference, metric_impl,
                                         output_fn, engine, cache, pair_keys, executor, progress)
             score_s = time.perf_counter() - t0
@@ -162,11 +162,12 @@ def compute_sensitivity(model: nn.Module, data: Any, candidates: Optional[Iterab
     for li, info in enumerate(infos):
         for ci in applicable[li]:
             cand = cands[ci]
-            pair = cache.pair_key(info.name, pair_keys[cand.label])
-            score = float(cache.row(info.name, pair)["score"])
+            row = cache.row(info.name, cache.pair_key(info.name, pair_keys[_label(cand)]))
+            assert row is not None, "every applicable pair was scored into the cache above"
+            score = float(row["score"])
             size = record_size(records[(li, ci)])
-            rows.append(SensitivityRow(layer=info.name, candidate=cand.label, spec=cand.spec,
-                                       palettizer=cand.palettizer, numel=info.numel, bits=size.total_bits,
+            rows.append(SensitivityRow(layer=info.name, candidate=_label(cand), spec=cand.spec,
+                                       palettizer=_palettizer(cand), numel=info.numel, bits=size.total_bits,
                                        index_bits=size.payload_bits, score=score,
                                        distortion=_distortion(metric_impl, score)))
     layer_bits = sum(dense_size(i.shape, i.torch_dtype).total_bits for i in infos)
@@ -179,7 +180,7 @@ def compute_sensitivity(model: nn.Module, data: Any, candidates: Optional[Iterab
     return SensitivityTable(rows=rows, layers=infos, metric=metric_name,
                             higher_is_better=bool(metric_impl.higher_is_better), unit=str(metric_impl.unit),
                             uncompressed_bits=model_size(model).total.total_bits - layer_bits, meta=meta,
-                            records={(infos[li].name, cands[ci].label): rec for (li, ci), rec in records.items()})
+                            records={(infos[li].name, _label(cands[ci])): rec for (li, ci), rec in records.items()})
 
 
 # ---------------------------------------------------------------------- checks
@@ -216,6 +217,18 @@ def _version(registry: plugins.Registry, kind: str, name: str) -> Optional[str]:
         return registry.provider(kind, name).version
     except Exception:  # noqa: BLE001 - instances passed by the caller have no provider
         return None
+
+
+def _label(cand: Candidate) -> str:
+    """A candidate's label (never ``None``: :class:`Candidate` defaults it to its spec's label)."""
+    assert cand.label is not None, "Candidate.__attrs_post_init__ sets the label"
+    return cand.label
+
+
+def _palettizer(cand: Candidate) -> str:
+    """The palettizer of a bound candidate (:meth:`Candidate.bound` fills in the default one)."""
+    assert cand.palettizer is not None, "candidates are bound to the default palettizer up front"
+    return cand.palettizer
 
 
 def _applicability(infos: Sequence[LayerInfo], cands: Sequence[Candidate]) -> list[list[int]]:
@@ -256,14 +269,14 @@ def _cluster(model: nn.Module, infos: Sequence[LayerInfo], cands: Sequence[Candi
     missing: dict[int, list[int]] = {}
     for li, info in enumerate(infos):
         for ci in applicable[li]:
-            rec = cache.load_record(cache.pair_key(info.name, pair_keys[cands[ci].label]))
+            rec = cache.load_record(cache.pair_key(info.name, pair_keys[_label(cands[ci])]))
             if rec is not None:
                 records[(li, ci)] = rec
             else:
                 missing.setdefault(ci, []).append(li)
     for ci, layer_ids in missing.items():
         cand = cands[ci]
-        name = cand.palettizer
+        name = _palettizer(cand)
         inst = instances.get(name)
         if inst is None:
             inst = _make_palettizer(classes[name], model, infos, registry)
@@ -279,7 +292,7 @@ def _cluster(model: nn.Module, infos: Sequence[LayerInfo], cands: Sequence[Candi
                                        cand.spec, calibration)
         for li, rec in zip(layer_ids, recs):
             records[(li, ci)] = rec
-            cache.save_record(cache.pair_key(infos[li].name, pair_keys[cand.label]), rec)
+            cache.save_record(cache.pair_key(infos[li].name, pair_keys[_label(cand)]), rec)
     return records
 
 
@@ -349,8 +362,8 @@ def _score(model: nn.Module, infos: Sequence[LayerInfo], cands: Sequence[Candida
 
     def emit(li: int, ci: int, score: float, seconds: float) -> None:
         info = infos[li]
-        cache.add_row(info.name, cache.pair_key(info.name, pair_keys[cands[ci].label]), score=score,
-                      seconds=seconds, candidate=cands[ci].label)
+        cache.add_row(info.name, cache.pair_key(info.name, pair_keys[_label(cands[ci])]), score=score,
+                      seconds=seconds, candidate=_label(cands[ci]))
         bar.update()
 
     results: list[UnitResult] = []
@@ -396,6 +409,7 @@ def _choose_engine(requested: str, model: nn.Module, batches: list[Batch], refer
         program, note = trace(model, batches, reference, output_fn)
         if program is not None:
             return "fast", program, notes, quiet
+        assert note is not None, "trace() gives the reason when it returns no program"
         notes.append(note)
         if requested == "fast":
             return "naive", None, notes, quiet
@@ -403,5 +417,6 @@ def _choose_engine(requested: str, model: nn.Module, batches: list[Batch], refer
     replay, note = check_blocks(model, batches, reference, output_fn, [(t.name, t.tensor) for t in tasks])
     if replay is not None:
         return "block", replay, notes, quiet
+    assert note is not None, "check_blocks() gives the reason when it returns no replay"
     notes.append(note)
     return "naive", None, notes, quiet
