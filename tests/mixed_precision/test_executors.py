@@ -121,3 +121,43 @@ def test_worker_threads():
         assert unit_threads(pool) == max(1, available_cores() // 2)
     with cf.ThreadPoolExecutor(2) as pool:  # threads share this process's setting: left to the caller
         assert unit_threads(pool) is None
+
+
+def test_a_job_scores_on_the_dask_scheduler_it_names(mlp, data, registry, tmp_path, monkeypatch):
+    distributed = pytest.importorskip("distributed")
+    from bitsmith import plugins
+    from bitsmith.mixed_precision.job import load_job, run_job
+
+    (tmp_path / "dask_job_code.py").write_text(
+        "import torch\nfrom torch import nn\n\n"
+        "def build():\n    torch.manual_seed(0)\n"
+        "    return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 10)).eval()\n\n"
+        "def data():\n    return torch.randn(32, 16, generator=torch.Generator().manual_seed(0))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sequential = compute_sensitivity(mlp, data, CANDIDATES, cache_dir=None, registry=registry)
+    previous = plugins.set_default_registry(registry)
+    try:
+        with distributed.LocalCluster(processes=False, n_workers=2, threads_per_worker=1,
+                                      dashboard_address=None) as cluster:
+            job = load_job({"model": "dask_job_code:build", "data": "dask_job_code:data", "target_bpw": 4,
+                            "candidates": CANDIDATES, "cache_dir": None, "out": str(tmp_path / "out"),
+                            "scheduler": cluster.scheduler_address, "progress": False})
+            result = run_job(job, echo=lambda line: None)
+            ran = set(cluster.scheduler.task_prefixes)
+    finally:
+        plugins.set_default_registry(previous)
+    assert _rows(result["table"]) == _rows(sequential)
+    assert result["table"].meta["engine"] == "fast" and result["table"].meta["pairs_scored"] == 8
+    assert {"run_job", "run_shared"} <= ran  # clustering and scoring ran on the cluster's workers
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"scheduler": "localhost:8786"}, "scheduler: expected a Dask scheduler address like 'tcp://host:8786'"),
+    ({"scheduler": "tcp://h:1", "num_workers": 2}, "scheduler: give either a Dask scheduler or num_workers > 1"),
+])
+def test_bad_scheduler_is_named_before_any_work(extra, message):
+    from bitsmith.errors import ConfigError
+    from bitsmith.mixed_precision.job import load_job
+
+    with pytest.raises(ConfigError, match=message):
+        load_job({"model": "a:b", "data": "c:d", "target_bpw": 4, **extra})

@@ -13,17 +13,25 @@ YAML form (``bitsmith mixed-precision --config job.yaml``)::
       engine: auto
       out: artifacts/mixed_precision
       pareto: [2, 3, 4, 5, 6]            # optional sweep + plot
+      scheduler: tcp://10.0.0.5:8786     # optional: score on this Dask cluster (or num_workers: N locally)
 
 :func:`run_job` computes the table once, then one recipe per search, and writes
 ``sensitivity.csv``/``.json``, ``recipe_<search>.yaml`` and ``config_<search>.yaml``
 (the ``KMeansPalettizerConfig`` to feed any palettizer) under ``out``.
+
+``scheduler`` names a running Dask scheduler: clustering and scoring then run on its
+workers through ``distributed.Client(scheduler).get_executor()`` (the model and data
+are sent to each worker once). The workers must be able to import bitsmith, the
+plugins the candidates name and the module that defines the model.
 """
 
 from __future__ import annotations
 
+import concurrent.futures as cf
+import contextlib
 import os
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Iterator, Optional, Union
 
 from attrs import define, field
 
@@ -50,6 +58,13 @@ def _positive_or_none(instance, attribute, value) -> None:
         raise ValueError(f"{attribute.name}: expected a positive number, got {value!r}")
 
 
+def _scheduler(instance, attribute, value) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str) or "://" not in value or not value.split("://", 1)[1]:
+        raise ValueError(f"scheduler: expected a Dask scheduler address like 'tcp://host:8786', got {value!r}")
+
+
 def _engine(instance, attribute, value) -> None:
     if value not in ENGINES:
         raise ValueError(f"engine: {value!r} is not one of {', '.join(ENGINES)}")
@@ -72,6 +87,7 @@ class MixedPrecisionJob:
     out: str = "artifacts/mixed_precision"
     cache_dir: Optional[str] = ".bitsmith-cache"
     num_workers: int = 1
+    scheduler: Optional[str] = field(default=None, validator=_scheduler)
     pareto: Optional[list[float]] = None
     progress: Optional[bool] = None
     overwrite: bool = False
@@ -81,6 +97,8 @@ class MixedPrecisionJob:
             raise ValueError("target_bpw: give exactly one of target_bpw (bits per weight) or target_size (MiB)")
         if not self.search:
             raise ValueError("search: name at least one recipe search")
+        if self.scheduler is not None and self.num_workers > 1:
+            raise ValueError("scheduler: give either a Dask scheduler or num_workers > 1 (local processes), not both")
 
 
 def load_job(source: Union[str, os.PathLike, dict]) -> MixedPrecisionJob:
@@ -135,6 +153,27 @@ def _check_outputs(job: MixedPrecisionJob) -> None:
         raise ConfigError(lines)
 
 
+@contextlib.contextmanager
+def _dask_executor(scheduler: Optional[str]) -> Iterator[Optional[cf.Executor]]:
+    """An executor on the Dask cluster at ``scheduler`` (closed afterwards); ``None`` without one."""
+    if scheduler is None:
+        yield None
+        return
+    try:
+        from distributed import Client
+    except ImportError:
+        raise ConfigError("scheduler: running on a Dask cluster needs the 'distributed' package "
+                          "(pip install distributed)") from None
+    try:
+        client = Client(scheduler)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"scheduler: cannot connect to {scheduler}: {exc}") from None
+    try:
+        yield client.get_executor()
+    finally:
+        client.close()
+
+
 def run_job(job: MixedPrecisionJob, *, echo: Callable[[str], None] = print, head: int = 5) -> dict[str, Any]:
     """Run the three stages for ``job``; returns ``{"table", "recipes", "sweeps", "files"}`` and echoes a report."""
     from ..loading import import_callable
@@ -148,9 +187,10 @@ def run_job(job: MixedPrecisionJob, *, echo: Callable[[str], None] = print, head
     load_data = import_callable(job.data, field="data")
     model, data = build_model(), load_data()
     check_target(model, job.candidates, target_bpw=job.target_bpw, target_size=job.target_size, layers=job.layers)
-    table = compute_sensitivity(model, data, job.candidates, metric=job.metric, palettizer=job.palettizer,
-                                layers=job.layers, cache_dir=job.cache_dir, num_workers=job.num_workers,
-                                engine=job.engine, progress=job.progress)
+    with _dask_executor(job.scheduler) as executor:
+        table = compute_sensitivity(model, data, job.candidates, metric=job.metric, palettizer=job.palettizer,
+                                    layers=job.layers, cache_dir=job.cache_dir, num_workers=job.num_workers,
+                                    engine=job.engine, progress=job.progress, executor=executor)
     out = Path(job.out)
     out.mkdir(parents=True, exist_ok=True)
     files = [table.save(out / name, overwrite=job.overwrite) for name in ("sensitivity.csv", "sensitivity.json")]
