@@ -29,6 +29,7 @@ from torch.nn.utils import parametrize
 
 from bitsmith import compressed
 from bitsmith.config import KMeansPalettizerConfig
+from bitsmith.devices import DeviceLike, resolve_device
 from bitsmith.errors import CompressionError, PluginError
 from bitsmith.export import ExportBackend
 from bitsmith.palettization import Palettizer
@@ -69,17 +70,27 @@ class DKMPalettizer(Palettizer):
 
     def prepare(self, example_inputs: Any = None, *, inplace: bool = False, num_workers: int = 1,
                 executor: Optional[cf.Executor] = None, progress: Optional[bool] = None,
-                seed: Optional[int] = None) -> nn.Module:
+                seed: Optional[int] = None, device: DeviceLike = None) -> nn.Module:
         """Return the trainable model: DKM parametrizations on every target tensor, centroids initialised.
 
         :param example_inputs: unused (API symmetry).
         :param inplace: modify ``self.model`` instead of a deep copy.
+        :param device: where the returned model lives and DKM trains (``"cuda"``,
+            ``"cpu"``, a ``torch.device``); default: where the weights already are.
+            The copy (or, with ``inplace``, ``self.model`` itself) is moved there
+            before anything is clustered. Each parametrization, its centroids and its
+            soft assignment sit on its weight's device; the initial centroids come
+            from the init clusterer (the exact ``"kmeans"`` runs on the CPU) and are
+            moved there. A bad or unavailable device fails before any work.
         :param num_workers: / :param executor: / :param progress: parallelism and progress
             of the centroid initialisation, as in ``Palettizer.prepare``.
         :param seed: seed of a randomized init clusterer.
         """
+        target_device = resolve_device(device)
         clusterer = self.clusterer()  # fail before copying the model if it is missing
         model = self.model if inplace else copy.deepcopy(self.model)
+        if target_device is not None:
+            model.to(target_device)
         targets = self.plan(model)
         _check_targets(model, targets)
         records = self.cluster_targets(targets, clusterer, num_workers=num_workers, executor=executor,
@@ -87,8 +98,7 @@ class DKMPalettizer(Palettizer):
         self._targets = []
         for target, record in zip(targets, records):
             weight = getattr(target.module, target.tensor_name)
-            param = DKMParametrization(target.spec, tuple(weight.shape), record.lut, self.config.dkm)
-            param.to(weight.device)
+            param = DKMParametrization(target.spec, tuple(weight.shape), record.lut, self.config.dkm).to(weight.device)
             # unsafe: the shape/dtype check would run one full soft forward pass (the layout guarantees both)
             parametrize.register_parametrization(target.module, target.tensor_name, param, unsafe=True)
             self._targets.append((target.qualified_name, target.module, target.tensor_name))

@@ -103,18 +103,22 @@ class DKMParametrization(nn.Module):
 
     @torch.no_grad()
     def record(self, weight: torch.Tensor) -> PalettizedTensor:
-        """Hard assignment of ``weight`` (the unparametrized tensor) as a :class:`PalettizedTensor` (on CPU)."""
-        x, scale = self._vectors(weight.detach().cpu())
-        c = refine(x, self.centroids.detach().cpu().to(x.dtype), self.inv_temp.cpu().to(x.dtype),
-                   self.options.iterations, self.rows_per_chunk)
-        lut_quant = None
-        lut = c
+        """Hard assignment of ``weight`` (the unparametrized tensor) as a :class:`PalettizedTensor`.
+
+        The centroid updates and the nearest-centroid search run on the weight's
+        device (no copy of the weight to the CPU); the record's tensors are on the
+        CPU, like every record the core builds. The small LUT is quantized on the CPU.
+        """
+        x, scale = self._vectors(weight.detach())
+        c = refine(x, self.centroids.detach().to(device=x.device, dtype=x.dtype),
+                   self.inv_temp.to(device=x.device, dtype=x.dtype), self.options.iterations, self.rows_per_chunk)
+        lut, lut_quant = c.cpu(), None
         if self.spec.lut_qspec is not None:
-            lut, lut_quant = quantize_lut(c, self.spec.lut_qspec)
-        labels = nearest(x, lut, self.rows_per_chunk)
-        return PalettizedTensor(lut=lut.float(), indices=self.layout.indices(labels), spec=self.spec,
+            lut, lut_quant = quantize_lut(lut, self.spec.lut_qspec)
+        labels = nearest(x, lut.to(device=x.device, dtype=x.dtype), self.rows_per_chunk)
+        return PalettizedTensor(lut=lut.float(), indices=self.layout.indices(labels).cpu(), spec=self.spec,
                                 shape=tuple(weight.shape), dtype=weight.dtype, axis=self.layout.axis,
-                                per_channel_scale=None if scale is None else scale.float(), lut_quant=lut_quant)
+                                per_channel_scale=None if scale is None else scale.float().cpu(), lut_quant=lut_quant)
 
     def extra_repr(self) -> str:
         o = self.options

@@ -200,3 +200,57 @@ def test_dkm_fine_tuning_beats_kmeans_on_the_digits_cnn(registry, n_bits):
     assert dk["accuracy"] >= km["accuracy"], (km, dk)
     assert all(torch.unique(layer.weight).numel() <= 2 ** n_bits
                for layer in (dkm.conv1, dkm.conv2, dkm.fc1, dkm.fc2))
+
+
+# ---------------------------------------------------------------------------- device=
+
+
+def _trained_records(registry, **prepare):
+    palettizer = DKMPalettizer(small_net(), config(2, temperature=0.3), registry=registry)
+    model = palettizer.prepare(**prepare)
+    train_steps(model, 3)
+    palettizer.snap()
+    return model, {name: compressed.records(model.get_submodule(name))["weight"] for name in ("0", "3")}
+
+
+@pytest.mark.parametrize("device", ["cpu", torch.device("cpu"), "cpu:0"])
+def test_device_cpu_trains_exactly_like_the_default(registry, device):
+    _, default = _trained_records(registry)
+    model, placed = _trained_records(registry, device=device)
+    assert {p.device.type for p in model.parameters()} == {"cpu"}
+    for name, record in default.items():
+        assert torch.equal(placed[name].lut, record.lut) and torch.equal(placed[name].indices, record.indices)
+        assert placed[name].indices.device.type == "cpu" and placed[name].lut.device.type == "cpu"
+
+
+def _counting_registry(calls: list) -> Registry:
+    class Counting:
+        def __call__(self, x, k, *, sample_weight=None, seed=None):
+            calls.append(x.shape)
+            return helpers.exact_kmeans(x, k, sample_weight=sample_weight)
+
+    class CountingPlugin:
+        @bitsmith.hookimpl
+        def cluster(self, register):
+            register("kmeans", Counting())
+
+    return Registry(autoload=False, plugins=[dkm_plugin, CountingPlugin()])
+
+
+@pytest.mark.parametrize("device, message", [
+    ("gpu0", r"device: 'gpu0' is not a torch device"),
+    (3, r"device: expected a device name such as 'cpu' or 'cuda', or a torch.device; got 3"),
+    ("meta", r"device: 'meta' tensors hold no values"),
+    pytest.param("cuda", r"device: 'cuda' asked for, but torch.cuda.is_available\(\) is False",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")),
+])
+def test_a_bad_device_fails_before_any_work(device, message):
+    calls: list = []
+    net = small_net()
+    palettizer = DKMPalettizer(net, config(2), registry=_counting_registry(calls))
+    with pytest.raises(ConfigError, match=message):
+        palettizer.prepare(inplace=True, device=device)
+    assert calls == [] and not parametrize.is_parametrized(net[0], "weight")
+    assert palettizer.prepared_model is None
+    palettizer.prepare(inplace=True, device="cpu")
+    assert len(calls) == 2 and parametrize.is_parametrized(net[0], "weight")

@@ -10,6 +10,10 @@ parameters that are not compressed do not get gradients at all during calibratio
 With a ``path`` the buffer is a memory-mapped ``.npy`` file (``fisher.npy``, plus
 ``meta.json``) so the operating system, not the process, holds it, and a later run
 (another candidate config, another bit width) reuses it without touching data.
+Both files are written through :mod:`bitsmith.atomic`; ``meta.json`` holds the
+sha256 of ``fisher.npy``, checked on every load, so a damaged or edited file is
+refused (and :class:`~bitsmith_sensitive_kmeans.SKMPalettizer` recomputes it with a
+warning on the ``bitsmith.cache`` logger, as the core's caches do).
 
 Estimator: by default each sample gets its own backward pass (batches are split
 into single samples), so the buffer holds the mean over samples of the per-sample
@@ -45,10 +49,10 @@ against 8/8 and 2/8 at temperature 1 (``benchmarks/algorithms_bench.py``).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
-import os
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence, Union
@@ -58,13 +62,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bitsmith import atomic
+from bitsmith.mixed_precision.inputs import to_device, weights_device
 from bitsmith.progress import progress_bar
 
 DEFAULT_TEMPERATURE = 2.0
 """Softmax temperature of the default loss on logits (see the module docstring)."""
 
-SCHEMA_VERSION = 1
-"""Version of the on-disk sensitivity format (``meta.json`` ``schema``)."""
+SCHEMA_VERSION = 2
+"""Version of the on-disk sensitivity format (``meta.json`` ``schema``; 2 added ``sha256``)."""
 
 DATA_FILE = "fisher.npy"
 META_FILE = "meta.json"
@@ -118,21 +124,27 @@ class Sensitivity:
         """``(name, sensitivity view)`` pairs."""
         return iter(self._views.items())
 
-    def _meta(self, complete: bool) -> dict[str, Any]:
-        return {"schema": SCHEMA_VERSION, "complete": complete, "num_samples": self.num_samples,
+    def _meta(self, sha256: str) -> dict[str, Any]:
+        return {"schema": SCHEMA_VERSION, "complete": True, "num_samples": self.num_samples,
                 "passes": self.passes, "per_sample": self.per_sample, "loss": self.loss,
-                "fingerprint": self.fingerprint, "dtype": "float32",
+                "fingerprint": self.fingerprint, "dtype": "float32", "sha256": sha256,
                 "tensors": [{"name": n, "shape": list(s)} for n, s in self.layout]}
 
     def save(self, path: Union[str, Path]) -> Path:
-        """Write to directory ``path`` (``fisher.npy`` + ``meta.json``); returns it."""
+        """Write to directory ``path`` (``fisher.npy`` + ``meta.json`` with its sha256, atomically); returns it.
+
+        An existing result in ``path`` is replaced (its ``meta.json`` first removed, so
+        a crash part-way leaves no pair of files that claim to belong together).
+        """
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         if self.path is not None and self.path.resolve() == path.resolve():
             _flush(self.flat)
         else:
-            np.save(path / DATA_FILE, self.flat.detach().cpu().numpy())
-        (path / META_FILE).write_text(json.dumps(self._meta(True), indent=1))
+            (path / META_FILE).unlink(missing_ok=True)
+            with atomic.temp_path(path / DATA_FILE, overwrite=True) as tmp:
+                np.save(tmp, self.flat.detach().cpu().numpy())
+        write_meta(path, self._meta(file_digest(path / DATA_FILE)))
         return path
 
     def __repr__(self) -> str:
@@ -146,31 +158,69 @@ def _flush(flat: torch.Tensor) -> None:
         base.flush()
 
 
+def file_digest(path: Path) -> str:
+    """sha256 (hex) of a file's bytes, read in 16 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 24), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_meta(path: Path, meta: Mapping[str, Any]) -> None:
+    """Write ``meta.json`` into directory ``path`` atomically (replacing the previous one)."""
+    atomic.write_text(path / META_FILE, json.dumps(meta, indent=1), overwrite=True)
+
+
 def fingerprint(tensors: Sequence[tuple[str, torch.Tensor]]) -> str:
-    """A cheap identity of named weights (names, shapes, dtypes, sums): detects a sensitivity file for another model."""
+    """A cheap identity of named weights (names, shapes, dtypes, sums): detects a sensitivity file for another model.
+
+    Computed on the CPU one tensor at a time, so a model on a GPU and its CPU copy have the same fingerprint.
+    """
     h = hashlib.sha256()
     for name, t in tensors:
-        t64 = t.detach().double()
+        t64 = t.detach().to("cpu", torch.float64)  # summed on the CPU: the same value for weights on any device
         h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|{t64.sum().item():.12e}|{t64.pow(2).sum().item():.12e}\n".encode())
     return h.hexdigest()[:32]
 
 
 def load_sensitivity(path: Union[str, Path]) -> Sensitivity:
-    """Load a saved :class:`Sensitivity` (memory-mapped copy-on-write: the file is never modified)."""
+    """Load a saved :class:`Sensitivity` (memory-mapped copy-on-write: the file is never modified).
+
+    Raises :class:`FileNotFoundError` when ``path`` holds no ``meta.json``, and
+    :class:`ValueError` naming the file and the problem when the result cannot be
+    trusted: ``fisher.npy`` whose sha256 differs from the one in ``meta.json``
+    (damaged or edited), an unreadable or malformed ``meta.json``, another schema,
+    an unfinished calibration, or data that does not fit the recorded layout.
+    """
     path = Path(path)
-    meta_file = path / META_FILE
+    meta_file, data_file = path / META_FILE, path / DATA_FILE
     if not meta_file.is_file():
         raise FileNotFoundError(f"{path}: no {META_FILE}; not a sensitivity directory")
-    meta = json.loads(meta_file.read_text())
-    if meta.get("schema") != SCHEMA_VERSION:
-        raise ValueError(f"{meta_file}: schema {meta.get('schema')!r} is not supported (expected {SCHEMA_VERSION})")
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{meta_file}: unreadable ({exc}); recompute it") from None
+    if not isinstance(meta, dict) or meta.get("schema") != SCHEMA_VERSION:
+        schema = meta.get("schema") if isinstance(meta, dict) else None
+        raise ValueError(f"{meta_file}: schema {schema!r} is not supported (expected {SCHEMA_VERSION})")
     if not meta.get("complete"):
         raise ValueError(f"{meta_file}: calibration did not finish; recompute it")
-    array = np.load(path / DATA_FILE, mmap_mode="c")
-    flat = torch.from_numpy(array)
-    layout = [(t["name"], tuple(t["shape"])) for t in meta["tensors"]]
-    return Sensitivity(flat, layout, num_samples=meta["num_samples"], passes=meta["passes"],
-                       per_sample=meta["per_sample"], loss=meta["loss"], fingerprint=meta["fingerprint"], path=path)
+    try:
+        actual = file_digest(data_file)
+    except OSError as exc:
+        raise ValueError(f"{data_file}: unreadable ({exc.strerror or exc}); recompute it") from None
+    if actual != meta.get("sha256"):
+        raise ValueError(f"{data_file}: sha256 {actual[:16]}... does not match the {str(meta.get('sha256'))[:16]}... "
+                         f"recorded in {META_FILE}: the file is damaged or was edited; recompute it")
+    try:
+        flat = torch.from_numpy(np.load(data_file, mmap_mode="c"))
+        layout = [(t["name"], tuple(t["shape"])) for t in meta["tensors"]]
+        return Sensitivity(flat, layout, num_samples=meta["num_samples"], passes=meta["passes"],
+                           per_sample=meta["per_sample"], loss=meta["loss"], fingerprint=meta["fingerprint"],
+                           path=path)
+    except (KeyError, TypeError, ValueError, EOFError) as exc:
+        raise ValueError(f"{path}: malformed sensitivity result ({type(exc).__name__}: {exc}); recompute it") from None
 
 
 class FisherAccumulator:
@@ -188,11 +238,13 @@ class FisherAccumulator:
         total = sum(p.numel() for _, p in self.params)
         devices = {p.device for _, p in self.params}
         self.path = None if path is None else Path(path)
+        self._writer: Optional[contextlib.AbstractContextManager[Path]] = None
         if self.path is not None:
             self.path.mkdir(parents=True, exist_ok=True)
-            # A fresh file, renamed over fisher.npy only when complete: a crash leaves the previous result
-            # intact, and a Sensitivity still mapping the previous file never sees its values change.
-            self._partial = self.path / f"{DATA_FILE}.partial-{os.getpid()}"
+            # A fresh file (bitsmith.atomic), renamed over fisher.npy only when complete: a crash leaves the
+            # previous result intact, and a Sensitivity still mapping the previous file never sees it change.
+            self._writer = atomic.temp_path(self.path / DATA_FILE, overwrite=True)
+            self._partial = self._writer.__enter__()
             mm = np.lib.format.open_memmap(self._partial, mode="w+", dtype=np.float32, shape=(total,))
             flat = torch.from_numpy(mm)
             flat._bitsmith_memmap = mm  # keep the mapping alive and flushable
@@ -224,25 +276,26 @@ class FisherAccumulator:
         self._handles.clear()
 
     def finish(self, num_samples: int, *, per_sample: bool, loss: str, fingerprint: str) -> Sensitivity:
-        """Turn the sums into means over the backward passes (in place); write ``meta.json`` when on disk."""
+        """Turn the sums into means over the backward passes (in place); on disk, commit ``fisher.npy`` + ``meta.json``."""
         if self.passes:
             self.sensitivity.flat.div_(self.passes)
         s = self.sensitivity
         s.num_samples, s.passes, s.per_sample, s.loss, s.fingerprint = num_samples, self.passes, per_sample, loss, fingerprint
-        if self.path is not None:
+        if self.path is not None and self._writer is not None:
             _flush(s.flat)
-            meta_tmp = self.path / f"{META_FILE}.partial-{os.getpid()}"
-            meta_tmp.write_text(json.dumps(s._meta(True), indent=1))
+            sha256 = file_digest(self._partial)
             (self.path / META_FILE).unlink(missing_ok=True)
-            os.replace(self._partial, self.path / DATA_FILE)
-            os.replace(meta_tmp, self.path / META_FILE)
+            writer, self._writer = self._writer, None
+            writer.__exit__(None, None, None)  # fsync and rename onto fisher.npy
+            write_meta(self.path, s._meta(sha256))
         return s
 
     def discard(self) -> None:
-        """Remove the partial file of an interrupted calibration."""
-        partial = getattr(self, "_partial", None)
-        if partial is not None and partial.exists():
-            partial.unlink()
+        """Remove the partial file of an interrupted calibration (the previous result, if any, stays)."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            stop = RuntimeError("sensitivity calibration interrupted")
+            writer.__exit__(type(stop), stop, None)  # atomic.temp_path removes its temporary folder
 
 
 # --------------------------------------------------------------------------- batches
@@ -377,6 +430,10 @@ def compute_fisher(model: nn.Module, params: Sequence[tuple[str, nn.Parameter]],
 
     The model is run in eval mode with gradients only for ``params``; its modes,
     ``requires_grad`` flags and existing ``.grad`` values are restored afterwards.
+    Device: the passes run where the model's weights are; every tensor of a batch
+    (inputs, and labels for a ``loss_fn``) is moved there first (a model spread over
+    several devices gets its batches as given). The in-memory buffer lives on the
+    parameters' device; with ``path`` it is a file, so on the CPU.
     """
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
         raise ValueError(f"temperature: expected a positive number, got {temperature!r}")
@@ -393,6 +450,7 @@ def compute_fisher(model: nn.Module, params: Sequence[tuple[str, nn.Parameter]],
     saved_grads = [(p, p.grad) for _, p in params]
     was_training = {m: m.training for m in model.modules()}
     print_name = fingerprint(params)
+    home = weights_device(model)
     acc = FisherAccumulator(params, path)
     used, finished = 0, False
     try:
@@ -404,7 +462,7 @@ def compute_fisher(model: nn.Module, params: Sequence[tuple[str, nn.Parameter]],
         bar = progress_bar(total=num_samples, desc="sensitivity", unit="sample", enabled=progress)
         with acc, bar:
             for unit, n in _units(data, num_samples, per_sample):
-                loss = loss_fn(model, unit)
+                loss = loss_fn(model, unit if home is None else to_device(unit, home))
                 if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
                     raise TypeError(f"loss_fn must return a scalar tensor, got {type(loss).__name__}"
                                     f"{'' if not isinstance(loss, torch.Tensor) else tuple(loss.shape)}")

@@ -18,6 +18,8 @@ clustering, so the LUT is spent on the others).
 
 from __future__ import annotations
 
+import copy
+import logging
 import numbers
 from pathlib import Path
 from typing import Any, Iterable, Optional, Union
@@ -28,13 +30,17 @@ from torch import nn
 
 from bitsmith import compressed
 from bitsmith.config import KMeansPalettizerConfig
+from bitsmith.devices import DeviceLike, resolve_device, same_device
 from bitsmith.errors import CompressionError
+from bitsmith.mixed_precision.inputs import weights_device
 from bitsmith.palettization import Palettizer
 from bitsmith.resolve import ResolvedTensor
 
 from .clusterer import kernel_from
 from .config import SKMPalettizerConfig
-from .fisher import DEFAULT_TEMPERATURE, LossFn, Sensitivity, compute_fisher, fingerprint, load_sensitivity
+from .fisher import DEFAULT_TEMPERATURE, META_FILE, LossFn, Sensitivity, compute_fisher, fingerprint, load_sensitivity
+
+logger = logging.getLogger("bitsmith.cache")
 
 
 class SKMPalettizer(Palettizer):
@@ -61,7 +67,8 @@ class SKMPalettizer(Palettizer):
     def compute_sensitivity(self, data: Optional[Iterable[Any]], loss_fn: Optional[LossFn] = None,
                             num_samples: int = 128, sensitivity_path: Union[str, Path, None] = None, *,
                             per_sample: bool = True, seed: int = 0, temperature: float = DEFAULT_TEMPERATURE,
-                            recompute: bool = False, progress: Optional[bool] = None) -> Sensitivity:
+                            recompute: bool = False, progress: Optional[bool] = None,
+                            device: DeviceLike = None) -> Sensitivity:
         """Compute (or reload) the per-weight sensitivities of every tensor the config compresses.
 
         :param data: calibration batches: a DataLoader or a list of batches (see
@@ -74,18 +81,27 @@ class SKMPalettizer(Palettizer):
         :param sensitivity_path: directory holding the buffer as a memory-mapped file;
             a complete result computed for the same weights and covering every
             needed tensor is loaded instead of recomputed (unless ``recompute``).
+            Its sha256 is checked first: a damaged or edited file is recomputed
+            (when ``data`` is given) with a warning on the ``bitsmith.cache`` logger.
         :param per_sample: one backward pass per sample (exact diagonal Fisher) or
             one per batch (fewer passes, coarser).
         :param seed: seed of the default loss's random draws.
         :param temperature: softmax temperature of the default loss on logits
             (default 2; see :mod:`bitsmith_sensitive_kmeans.fisher`).
         :param recompute: ignore a reusable result at ``sensitivity_path``.
+        :param device: where the forward/backward passes run (``"cuda"``, ``"cpu"``,
+            a ``torch.device``); default: the device of the model's weights. A model
+            elsewhere is copied there for this call (``self.model`` is not moved) and
+            the batches are moved there; the sensitivities are the same up to float
+            rounding and keep fitting ``self.model`` (the fingerprint is device-free).
+            A bad or unavailable device fails before any work.
         :returns: the :class:`Sensitivity` (also kept as ``self.sensitivity``).
         """
         if isinstance(num_samples, bool) or not isinstance(num_samples, numbers.Integral) or num_samples < 1:
             raise ValueError(f"num_samples: expected a positive integer, got {num_samples!r}")
         if loss_fn is not None and not callable(loss_fn):
             raise TypeError(f"loss_fn: expected a callable loss_fn(model, batch) or None, got {loss_fn!r}")
+        target_device = resolve_device(device)
         targets = self.plan()
         if not targets:
             raise CompressionError("the config compresses no tensor of this model; nothing to calibrate")
@@ -101,17 +117,23 @@ class SKMPalettizer(Palettizer):
             raise ValueError(f"data: calibration batches are needed{where}")
         if isinstance(data, torch.Tensor):
             data = [data]
-        self.sensitivity = compute_fisher(self.model, params, data, loss_fn, num_samples=num_samples,
+        model = self.model
+        if target_device is not None and not same_device(weights_device(model), target_device):
+            model = copy.deepcopy(model).to(target_device)
+            params = [(t.qualified_name, getattr(model.get_submodule(t.module_name), t.tensor_name)) for t in targets]
+        self.sensitivity = compute_fisher(model, params, data, loss_fn, num_samples=num_samples,
                                           per_sample=per_sample, path=sensitivity_path, seed=seed,
                                           temperature=temperature, progress=progress)
         return self.sensitivity
 
     def _reusable(self, path: Path, params: list[tuple[str, torch.Tensor]]) -> Optional[Sensitivity]:
-        if not (path / "meta.json").is_file():
+        """The result saved at ``path`` if it is intact and fits these weights; a damaged one is reported."""
+        if not (path / META_FILE).is_file():
             return None
         try:
             saved = load_sensitivity(path)
-        except ValueError:
+        except ValueError as exc:
+            logger.warning("sensitivity result %s is not usable (%s); recomputing it", path, exc)
             return None
         if any(name not in saved or tuple(saved[name].shape) != tuple(p.shape) for name, p in params):
             return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -128,7 +129,7 @@ def test_saved_to_disk_and_loaded(tmp_path):
     path = tmp_path / "fisher"
     sens = compute_fisher(model, targets(model), data, mse_sum, num_samples=6, path=path)
     meta = json.loads((path / "meta.json").read_text())
-    assert meta["complete"] and meta["schema"] == 1 and meta["num_samples"] == 6
+    assert meta["complete"] and meta["schema"] == 2 and meta["num_samples"] == 6
     assert [t["name"] for t in meta["tensors"]] == ["0.weight", "2.weight"]
     on_disk = np.load(path / "fisher.npy")
     assert on_disk.dtype == np.float32 and on_disk.size == sens.flat.numel()
@@ -169,3 +170,49 @@ def test_bad_losses_and_empty_data_fail_clearly():
     with pytest.raises(ValueError, match="no batch"):
         compute_fisher(model, targets(model), [], mse_sum)
     assert all(p.grad is None for p in model.parameters())
+
+
+def _damage(file, offset_from_end: int = 8) -> None:
+    """Overwrite 4 bytes of a .npy file's data (past its header) with other bytes."""
+    raw = bytearray(file.read_bytes())
+    pos = len(raw) - offset_from_end
+    raw[pos:pos + 4] = bytes(255 - b for b in raw[pos:pos + 4])
+    file.write_bytes(bytes(raw))
+
+
+def test_the_saved_file_is_digest_checked(tmp_path):
+    model, data = tiny_model(), tiny_data()
+    path = tmp_path / "fisher"
+    sens = compute_fisher(model, targets(model), data, mse_sum, num_samples=6, path=path)
+    meta = json.loads((path / "meta.json").read_text())
+    assert meta["sha256"] == hashlib.sha256((path / "fisher.npy").read_bytes()).hexdigest()
+    assert sorted(p.name for p in path.iterdir()) == ["fisher.npy", "meta.json"]  # no temporary left behind
+    values = sens.flat.clone()
+    _damage(path / "fisher.npy")
+    assert not np.array_equal(np.load(path / "fisher.npy"), values.numpy())  # the damage changes values
+    with pytest.raises(ValueError, match=r"fisher.npy: sha256 [0-9a-f]{16}\.\.\. does not match .* damaged or was edited"):
+        load_sensitivity(path)
+    (path / "meta.json").write_text('{"schema": 2, "compl')
+    with pytest.raises(ValueError, match=r"meta.json: unreadable"):
+        load_sensitivity(path)
+
+
+def test_save_elsewhere_and_an_interrupted_calibration_keeps_the_previous_result(tmp_path):
+    model, data = tiny_model(), tiny_data()
+    sens = compute_fisher(model, targets(model), data, mse_sum, num_samples=6)  # in memory
+    path = sens.save(tmp_path / "saved")
+    assert torch.equal(load_sensitivity(path).flat, sens.flat)
+    before = (path / "fisher.npy").read_bytes(), (path / "meta.json").read_text()
+    passes = []
+
+    def failing(m, batch):
+        passes.append(1)
+        if len(passes) == 3:
+            raise KeyboardInterrupt
+        return mse_sum(m, batch)
+
+    with pytest.raises(KeyboardInterrupt):
+        compute_fisher(model, targets(model), data, failing, num_samples=6, path=path)
+    assert ((path / "fisher.npy").read_bytes(), (path / "meta.json").read_text()) == before
+    assert sorted(p.name for p in path.iterdir()) == ["fisher.npy", "meta.json"]
+    assert torch.equal(load_sensitivity(path).flat, sens.flat)

@@ -250,3 +250,69 @@ def test_default_registry_end_to_end(one_thread):
     skm.compute_sensitivity([x_train[i:i + 64] for i in range(0, 512, 64)], num_samples=512)
     sk, km = helpers.fidelity(reference, skm.prepare(), x_test, y_test), helpers.fidelity(reference, kmeans, x_test, y_test)
     assert sk["kl"] < km["kl"], (km, sk)
+
+
+# ---------------------------------------------------------------------------- device=
+
+
+@pytest.mark.parametrize("device", ["cpu", torch.device("cpu"), "cpu:0"])
+def test_device_cpu_gives_the_default_sensitivities(registry, device):
+    net = small_mlp()
+    default = SKMPalettizer(net, config(2), registry=registry).compute_sensitivity(batches(), num_samples=16)
+    palettizer = SKMPalettizer(net, config(2), registry=registry)
+    placed = palettizer.compute_sensitivity(batches(), num_samples=16, device=device)
+    assert torch.equal(placed.flat, default.flat) and placed.flat.device.type == "cpu"
+    assert placed.fingerprint == default.fingerprint and float(placed.flat.sum()) > 0
+    model = palettizer.prepare()
+    assert all(p.device.type == "cpu" for p in model.parameters()) and net[0].weight.device.type == "cpu"
+
+
+@pytest.mark.parametrize("device, message", [
+    ("gpu0", r"device: 'gpu0' is not a torch device"),
+    ("meta", r"device: 'meta' tensors hold no values"),
+    pytest.param("cuda", r"device: 'cuda' asked for, but torch.cuda.is_available\(\) is False",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")),
+])
+def test_a_bad_device_fails_before_calibration(registry, device, message):
+    calls = []
+
+    def loss_fn(model, batch):
+        calls.append(1)
+        return model(batch).sum()
+
+    palettizer = SKMPalettizer(small_mlp(), config(2), registry=registry)
+    with pytest.raises(ConfigError, match=message):
+        palettizer.compute_sensitivity(batches(), loss_fn, device=device)
+    assert calls == [] and palettizer.sensitivity is None
+
+
+# ---------------------------------------------------------------------------- the saved result is verified
+
+
+def test_a_damaged_sensitivity_file_is_recomputed_with_a_warning(registry, tmp_path, caplog):
+    net = small_mlp()
+    path = tmp_path / "sens"
+    clean = SKMPalettizer(net, config(2), registry=registry)
+    first = clean.compute_sensitivity(batches(), num_samples=16, sensitivity_path=path).flat.clone()
+    expected = clean.prepare()
+    raw = bytearray((path / "fisher.npy").read_bytes())
+    raw[-8:-4] = bytes(255 - b for b in raw[-8:-4])  # one value of the last tensor, changed on disk
+    (path / "fisher.npy").write_bytes(bytes(raw))
+    with caplog.at_level("WARNING", logger="bitsmith.cache"), \
+            pytest.raises(ValueError, match="holds no reusable result"):
+        SKMPalettizer(net, config(2), registry=registry).compute_sensitivity(None, sensitivity_path=path)
+    assert "damaged or was edited" in caplog.text and str(path) in caplog.text
+    caplog.clear()
+    again = SKMPalettizer(net, config(2), registry=registry)
+    with caplog.at_level("WARNING", logger="bitsmith.cache"):
+        recomputed = again.compute_sensitivity(batches(), num_samples=16, sensitivity_path=path)
+    assert "damaged or was edited" in caplog.text
+    assert torch.equal(recomputed.flat, first)
+    model = again.prepare()
+    for name in ("0", "2"):
+        got, want = compressed.records(model[int(name)])["weight"], compressed.records(expected[int(name)])["weight"]
+        assert torch.equal(got.lut, want.lut) and torch.equal(got.indices, want.indices)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="bitsmith.cache"):  # the rewritten file is intact and reused silently
+        reused = SKMPalettizer(net, config(2), registry=registry).compute_sensitivity(None, sensitivity_path=path)
+    assert torch.equal(reused.flat, first) and caplog.text == ""
