@@ -5,9 +5,11 @@ spec as written when it fits, otherwise an error, nothing (``skip``) or the near
 spec of the same bit width that fits (``fallback``). :func:`coverage` lists every
 parameter of a model with its fate: compressed, compressed with a changed spec, or
 left uncompressed with the reason (layer type not palettizable, excluded by the
-config, incompatible shape). Palettizers attach it to their report
-(``report().coverage``) and warn with :class:`LowCoverageWarning` when more than
-:data:`WARN_UNCOMPRESSED_FRACTION` of the model's weights stay uncompressed.
+config, incompatible shape). A parameter is compressed exactly when it carries a
+record; a tied one is judged by the owner whose config asks for it. Palettizers
+attach it to their report (``report().coverage``) and warn with
+:class:`LowCoverageWarning` when more than :data:`WARN_UNCOMPRESSED_FRACTION` of the
+model's weights stay uncompressed.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from torch import nn
 from . import compressed
 from .config.specs import PalettizationSpec, PerGroupedChannelGranularity, PerTensorGranularity
 from .errors import CompressionError
+from .resolve import ResolvedTensor, resolve_state_specs
 from .table import format_table
 
 WARN_UNCOMPRESSED_FRACTION = 0.10
@@ -174,26 +177,37 @@ def coverage(model: nn.Module, config: Any, notes: Optional[Mapping[str, str]] =
 
     ``notes`` maps a tensor's qualified name to what :func:`fit_spec` said about it.
     A parameter counts as compressed when any module that owns it carries a record
-    for it; shared (tied) parameters appear once, under their first owner's name.
+    for it, whatever the config says; shared (tied) parameters appear once, under
+    their first owner's name. See :func:`_entry` for the reason given.
     """
-    from .resolve import resolve_state_specs
-
-    notes = notes or {}
-    found: dict[int, CoverageEntry] = {}
+    owners: dict[int, list[ResolvedTensor]] = {}
     for item in resolve_state_specs(model, config, warn_unmatched=False):
-        tensor = getattr(item.module, item.tensor_name)
-        has_record = item.tensor_name in compressed.records(item.module)
-        previous = found.get(id(tensor))
-        if previous is not None and (previous.status != UNCOMPRESSED or not has_record):
-            continue
-        note = notes.get(item.qualified_name)
-        if has_record:
-            status, reason = (CHANGED, note) if note else (COMPRESSED, item.rule)
+        owners.setdefault(id(getattr(item.module, item.tensor_name)), []).append(item)
+    return Coverage([_entry(items, notes or {}) for items in owners.values()])
+
+
+def _entry(owners: Sequence[ResolvedTensor], notes: Mapping[str, str]) -> CoverageEntry:
+    """The fate of one parameter from every (module, name) that holds it.
+
+    The config entry that decides is the first owner's with a spec (the one
+    ``prepare()`` compresses the tensor under), else the first owner's; a note of
+    :func:`fit_spec` is looked up under the owners that have a spec. A record on a
+    tensor that no owner's spec asks for (the model came compressed) is reported as
+    ``already compressed``.
+    """
+    first = owners[0]
+    tensor = getattr(first.module, first.tensor_name)
+    configured = [o for o in owners if o.spec is not None]
+    decider = configured[0] if configured else first
+    note = next((notes[o.qualified_name] for o in configured if o.qualified_name in notes), None)
+    if any(o.tensor_name in compressed.records(o.module) for o in owners):
+        if not configured:
+            status, reason = COMPRESSED, f"already compressed ({decider.rule})"
         else:
-            status, reason = UNCOMPRESSED, note or _reason(item.rule, item.spec)
-        name = previous.name if previous is not None else item.qualified_name
-        found[id(tensor)] = CoverageEntry(name, tuple(tensor.shape), tensor.numel(), status, reason)
-    return Coverage(list(found.values()))
+            status, reason = (CHANGED, note) if note else (COMPRESSED, decider.rule)
+    else:
+        status, reason = UNCOMPRESSED, note or _reason(decider.rule, decider.spec)
+    return CoverageEntry(first.qualified_name, tuple(tensor.shape), tensor.numel(), status, reason)
 
 
 def check_coverage(model: nn.Module, config: Any, notes: Optional[Mapping[str, str]] = None) -> Coverage:

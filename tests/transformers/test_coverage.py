@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from bitsmith import compressed
-from bitsmith.coverage import IncompatibleLayerWarning, LowCoverageWarning
+from bitsmith.coverage import CHANGED, COMPRESSED, UNCOMPRESSED, IncompatibleLayerWarning, LowCoverageWarning
 from bitsmith.palettization import (
     KMeansPalettizer,
     KMeansPalettizerConfig,
@@ -96,6 +96,42 @@ def test_coverage_lists_every_uncompressed_parameter_and_warns_above_ten_percent
     uncompressed = sum(p.numel() for n, p in params.items() if n in reasons)
     assert coverage.uncompressed_fraction == uncompressed / sum(p.numel() for p in params.values())
     assert uncompressed > conv_weights and coverage.uncompressed_fraction > 0.1
+
+
+@pytest.mark.parametrize("policy, status, reason", [
+    ("fallback", CHANGED, "changed 4-bit g16 -> 4-bit g20: 1000 channels along axis 0 are not divisible by group_size 16"),
+    ("skip", UNCOMPRESSED, "incompatible shape, skipped: 1000 channels along axis 0 are not divisible by group_size 16"),
+])
+def test_a_tied_weight_is_judged_by_the_owner_whose_config_asks_for_it(policy, status, reason):
+    # the first owner (transformer.wte) is excluded; lm_head asks for a group size the vocabulary does not divide
+    model = tiny_gpt2()
+    g16 = PalettizationSpec(n_bits=4, granularity=PerGroupedChannelGranularity(axis=0, group_size=16))
+    config = KMeansPalettizerConfig(module_name_configs={
+        "transformer.wte": None,
+        "lm_head": ModuleKMeansPalettizerConfig(op_state_spec={"weight": g16}, on_incompatible=policy)})
+    with pytest.warns(LowCoverageWarning):  # the config names only these two layers
+        palettizer, prepared = palettize(model, config)
+    assert ("weight" in compressed.records(prepared.transformer.wte)) == (policy == "fallback")
+    entries = {e.name: e for e in palettizer.report().coverage.entries}
+    assert "lm_head.weight" not in entries  # a tied parameter appears once, under its first owner
+    entry = entries["transformer.wte.weight"]
+    assert (entry.status, entry.numel) == (status, 1000 * 64)
+    assert entry.reason.startswith(reason)
+
+
+def test_weights_that_came_compressed_count_as_compressed():
+    first, prepared = palettize(tiny_gpt2(), KMeansPalettizerConfig.presets.w4())
+    config = KMeansPalettizerConfig.presets.w4().set_module_type(Conv1D, None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LowCoverageWarning)
+        again, _ = palettize(prepared, config)
+    entries = {e.name: e for e in again.report().coverage.entries}
+    weight, bias = entries["transformer.h.0.attn.c_attn.weight"], entries["transformer.h.0.attn.c_attn.bias"]
+    assert (weight.status, weight.reason) == (
+        COMPRESSED, "already compressed (module_type_configs['transformers.pytorch_utils.Conv1D'] is None)")
+    assert (bias.status, bias.reason) == (
+        UNCOMPRESSED, "excluded by config (module_type_configs['transformers.pytorch_utils.Conv1D'] is None)")
+    assert again.report().coverage.uncompressed_fraction == first.report().coverage.uncompressed_fraction
 
 
 def test_the_headline_gives_bpw_over_the_whole_model():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from bitsmith.config import (
     QuantizationScheme,
     QuantizationSpec,
 )
+from bitsmith.coverage import COMPRESSED, UNCOMPRESSED, LowCoverageWarning
 from bitsmith.errors import CompressionError, ConfigError
 from bitsmith.sizes import model_size
 from bitsmith_kmeans.palettizer import KMeansPalettizer
@@ -103,13 +105,26 @@ class Scaled(nn.Module):
 
 def test_a_custom_parameter_named_by_a_config(registry):
     model = nn.Sequential(seeded(Scaled()))
-    _, untouched = prepare(model, KMeansPalettizerConfig(), registry)
+    with pytest.warns(LowCoverageWarning, match=r"100\.0% of the model's 256 weights stay uncompressed \(largest: "
+                                                r"0\.kernel 256: type not palettizable \(Scaled is not"):
+        palettizer, untouched = prepare(model, KMeansPalettizerConfig(), registry)
     assert not compressed.is_compressed(untouched)  # not a palettizable type: global config skips it
+    (entry,) = palettizer.report().coverage.entries
+    assert (entry.name, entry.status) == ("0.kernel", UNCOMPRESSED)
+    assert entry.reason == "type not palettizable (Scaled is not a palettizable layer type)"
+
     cfg = KMeansPalettizerConfig(module_name_configs={"0": ModuleKMeansPalettizerConfig(
         op_state_spec={"kernel": PalettizationSpec(n_bits=2)})})
-    _, prepared = prepare(model, cfg, registry)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LowCoverageWarning)  # all of the model is compressed: no warning
+        palettizer, prepared = prepare(model, cfg, registry)
     assert set(compressed.records(prepared[0])) == {"kernel"}
     assert uniques(prepared[0].kernel) <= 4
+    coverage = palettizer.report().coverage
+    assert [(e.name, e.numel, e.status, e.reason) for e in coverage.entries] == [
+        ("0.kernel", 256, COMPRESSED, "module_name_configs['0'].op_state_spec['kernel']")]
+    assert coverage.uncompressed_fraction == 0.0
+    assert coverage.summary().startswith("coverage: 100.0% of 256 weights compressed; 0 parameters uncompressed")
 
 
 class Tied(nn.Module):
