@@ -245,7 +245,11 @@ class FisherAccumulator:
             # previous result intact, and a Sensitivity still mapping the previous file never sees it change.
             self._writer = atomic.temp_path(self.path / DATA_FILE, overwrite=True)
             self._partial = self._writer.__enter__()
-            mm = np.lib.format.open_memmap(self._partial, mode="w+", dtype=np.float32, shape=(total,))
+            try:
+                mm = np.lib.format.open_memmap(self._partial, mode="w+", dtype=np.float32, shape=(total,))
+            except BaseException:
+                self.discard()
+                raise
             flat = torch.from_numpy(mm)
             flat._bitsmith_memmap = mm  # keep the mapping alive and flushable
         else:
