@@ -4,7 +4,8 @@ Runs each piece of work on a small CNN on the CPU and, when ``torch.cuda.is_avai
 again on the model placed on ``cuda`` (the weights' device): ``compute_sensitivity``
 (fast engine), ``KMeansPalettizer.prepare()``, ``GPTQPalettizer.prepare()``,
 ``DKMPalettizer.prepare()`` plus three training steps and ``snap()``, and
-``SKMPalettizer.compute_sensitivity()`` (the Fisher) plus ``prepare()``. Prints where
+``SKMPalettizer.compute_sensitivity()`` (the Fisher) plus ``prepare()``, and the
+``"dkm"`` soft k-means clusterer called on a tensor on that device. Prints where
 each result's tensors live, the time on each device and how close the CUDA results are
 to the CPU ones (same LUT sizes; scores, sensitivities and outputs within float
 tolerance, not bit for bit). Then the ``device=`` arguments on a CPU model:
@@ -99,6 +100,11 @@ def _run(model: nn.Module, data: torch.Tensor, device: str) -> dict:
     seconds, (small, fisher) = _timed(lambda: _skm(model, x, config))
     out["skm"] = (seconds, _output(small, x), f"{_where(small)}, fisher on {fisher.device}")
     out["fisher"] = fisher.cpu()
+    from bitsmith_dkm import SoftKMeansClusterer
+
+    rows = model[0].weight.detach().reshape(-1, 1)
+    seconds, (centroids, labels) = _timed(lambda: SoftKMeansClusterer()(rows, 16, seed=0))
+    out["soft_kmeans"] = (seconds, centroids.cpu(), labels.cpu(), f"centroids on {centroids.device}")
     return out
 
 
@@ -108,6 +114,8 @@ NAMES = ("kmeans", "gptq", "dkm", "skm")
 def _summary(label: str, result: dict) -> str:
     parts = [f"sensitivity {result['sensitivity'][0]:.2f} s ({result['sensitivity'][2]})"]
     parts += [f"{name} {result[name][0]:.2f} s ({result[name][2]})" for name in NAMES]
+    soft = result["soft_kmeans"]
+    parts.append(f"dkm clusterer {soft[0]:.2f} s ({soft[3]})")
     return f"{label}: " + "\n      ".join(parts)
 
 
@@ -132,6 +140,9 @@ def main() -> None:
               f"{_relative(cpu[name][1], cuda[name][1]):.3g}")
     print(f"skm: Fisher (per-weight sensitivities), cuda vs cpu: relative difference "
           f"{_relative(cpu['fisher'], cuda['fisher']):.3g}")
+    same = (cpu["soft_kmeans"][2] == cuda["soft_kmeans"][2]).float().mean().item()
+    print(f"dkm clusterer, cuda vs cpu: centroids relative difference "
+          f"{_relative(cpu['soft_kmeans'][1], cuda['soft_kmeans'][1]):.3g}, same label for {same:.1%} of the rows")
     placed_on_cuda(model, data, cpu)
 
 

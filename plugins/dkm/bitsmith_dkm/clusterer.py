@@ -6,6 +6,8 @@ k-means++ seeding, then soft k-means updates at a decreasing temperature
 Lloyd iterations), then hard Lloyd iterations to convergence. Works for any
 ``cluster_dim``; satisfies :class:`bitsmith.protocols.Clusterer` (deterministic for a
 given seed, picklable, no empty cluster, at most as many centroids as distinct rows).
+It runs on the device of its input (the random draws of the seeding are made on the
+CPU, so a seed picks the same rows on every device).
 It lets :class:`~bitsmith_dkm.DKMPalettizer` run with ``dkm.init_clusterer: dkm``
 when bitsmith-kmeans is not installed.
 """
@@ -50,7 +52,8 @@ class SoftKMeansClusterer:
             raise ValueError(f"x: expected a 2-D (n, d) tensor, got shape {tuple(x.shape)}")
         if not isinstance(k, int) or k < 1:
             raise ValueError(f"k: expected a positive integer, got {k!r}")
-        w = torch.ones(x.shape[0]) if sample_weight is None else torch.as_tensor(sample_weight, dtype=torch.float32)
+        w = torch.ones(x.shape[0], device=x.device) if sample_weight is None else \
+            torch.as_tensor(sample_weight, dtype=torch.float32, device=x.device)
         w = w.reshape(-1)
         if w.numel() != x.shape[0]:
             raise ValueError(f"sample_weight: expected {x.shape[0]} weights, got {w.numel()}")
@@ -70,8 +73,8 @@ class SoftKMeansClusterer:
                 best = (cost, c, labels)
         _, c, labels = best
         used = torch.unique(labels)
-        remap = torch.full((c.shape[0],), -1, dtype=torch.int64)
-        remap[used] = torch.arange(used.numel())
+        remap = torch.full((c.shape[0],), -1, dtype=torch.int64, device=labels.device)
+        remap[used] = torch.arange(used.numel(), device=labels.device)
         return c[used].contiguous(), remap[labels]
 
     def _run(self, x: torch.Tensor, w: torch.Tensor, k: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,7 +85,7 @@ class SoftKMeansClusterer:
         labels = self._labels(x, c)
         for _ in range(self.hard_iterations):
             num = torch.zeros_like(c).index_add_(0, labels, x * w[:, None])
-            den = torch.zeros(c.shape[0]).index_add_(0, labels, w)
+            den = torch.zeros(c.shape[0], device=x.device).index_add_(0, labels, w)
             c = torch.where(den[:, None] > 0, num / den.clamp_min(EPS)[:, None], c)
             new = self._labels(x, c)
             if torch.equal(new, labels):
@@ -93,16 +96,17 @@ class SoftKMeansClusterer:
     def _seed(self, x: torch.Tensor, w: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
         pool, pw = x, w
         if x.shape[0] > SEEDING_ROWS:
-            pick = torch.multinomial(w + EPS, SEEDING_ROWS, replacement=False, generator=gen)
+            pick = torch.multinomial((w + EPS).cpu(), SEEDING_ROWS, replacement=False, generator=gen)
+            pick = pick.to(x.device)
             pool, pw = x[pick], w[pick]
-        first = torch.multinomial(pw + EPS, 1, generator=gen)
-        centers = [pool[first[0]]]
+        first = int(torch.multinomial((pw + EPS).cpu(), 1, generator=gen)[0])
+        centers = [pool[first]]
         d2 = (pool - centers[0]).pow(2).sum(-1)
         for _ in range(1, k):
             p = pw * d2
             if float(p.sum()) <= 0:
                 break
-            nxt = torch.multinomial(p, 1, generator=gen)[0]
+            nxt = int(torch.multinomial(p.cpu(), 1, generator=gen)[0])
             centers.append(pool[nxt])
             d2 = torch.minimum(d2, (pool - pool[nxt]).pow(2).sum(-1))
         c = torch.stack(centers)
@@ -118,7 +122,7 @@ class SoftKMeansClusterer:
         finite = gaps[torch.isfinite(gaps)]
         spacing = float(finite.mean()) if finite.numel() else 1.0
         inv_temp = 1.0 / (temperature * spacing)
-        num, den = torch.zeros_like(c), torch.zeros(c.shape[0])
+        num, den = torch.zeros_like(c), c.new_zeros(c.shape[0])
         for part in chunks(x.shape[0], self.chunk):
             a = torch.softmax(-self._d2(x[part], c) * inv_temp, dim=-1) * w[part, None]
             num += a.T @ x[part]
@@ -126,7 +130,7 @@ class SoftKMeansClusterer:
         return centroids_from(num, den, c)
 
     def _labels(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        out = torch.empty(x.shape[0], dtype=torch.int64)
+        out = torch.empty(x.shape[0], dtype=torch.int64, device=x.device)
         for part in chunks(x.shape[0], self.chunk):
             out[part] = self._d2(x[part], c).argmin(-1)
         return out
