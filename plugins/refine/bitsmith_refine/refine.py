@@ -196,7 +196,7 @@ class _Features:
                  for n, t in self.teacher.items() if n in self.student]
         self.student.clear()
         self.teacher.clear()
-        return torch.stack(parts).mean()
+        return torch.stack(parts).mean() if parts else torch.zeros(())  # no refined layer ran: nothing to match
 
     def remove(self) -> None:
         for handle in self.handles:
