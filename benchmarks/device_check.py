@@ -152,8 +152,9 @@ def placed_on_cuda(model: nn.Module, data: torch.Tensor, cpu: dict) -> None:
     from bitsmith.mixed_precision import compute_sensitivity
 
     config = KMeansPalettizerConfig()
-    table = compute_sensitivity(model, data, [4], cache_dir=None, progress=False, device="cuda")
-    print(f"compute_sensitivity(cpu model, device='cuda'): {table.meta['engine']} engine")
+    table = compute_sensitivity(model, data, [4, "4-bit +scale @gptq"], cache_dir=None, progress=False,
+                                device="cuda")
+    print(f"compute_sensitivity(cpu model, device='cuda', k-means and GPTQ candidates): {table.meta['engine']} engine")
     small = _dkm(model, data, config, device="cuda")
     print(f"DKMPalettizer.prepare(device='cuda'): {_where(small)}; output vs cpu run: relative difference "
           f"{_relative(cpu['dkm'][1], _output(small, data.cuda())):.3g}")

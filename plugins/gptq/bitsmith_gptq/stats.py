@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from attrs import define
 from torch import nn
 
+from bitsmith.mixed_precision.inputs import to_device, weights_device
+
 __all__ = ["InputStats", "LayerLayout", "collect_input_stats", "layer_layout"]
 
 _CHUNK_ELEMENTS = 1 << 23
@@ -107,6 +109,9 @@ def collect_input_stats(model: nn.Module, layers: Sequence[tuple[str, nn.Module]
     :param data: batches: tensors (``model(batch)``), tuples (``model(*batch)``) or
         dicts (``model(**batch)``).
     :param num_samples: stop after this many samples (first dimension), default all.
+
+    Batches are moved to the model's device (when all its weights share one), so
+    calibration data prepared on the CPU feeds a model placed on an accelerator.
     """
     stats = InputStats()
     supported = [(name, module) for name, module in layers if layer_layout(module) is not None]
@@ -121,12 +126,15 @@ def collect_input_stats(model: nn.Module, layers: Sequence[tuple[str, nn.Module]
     handles = [module.register_forward_pre_hook(hook(name)) for name, module in supported]
     was_training = model.training
     model.eval()
+    home = weights_device(model)
     try:
         with torch.inference_mode():
             for batch in data:
                 if num_samples is not None and stats.samples >= num_samples:
                     break
                 batch = _trim(batch, None if num_samples is None else num_samples - stats.samples)
+                if home is not None:
+                    batch = to_device(batch, home)
                 if isinstance(batch, dict):
                     model(**batch)
                 elif isinstance(batch, (tuple, list)):
