@@ -161,3 +161,16 @@ def test_bad_scheduler_is_named_before_any_work(extra, message):
 
     with pytest.raises(ConfigError, match=message):
         load_job({"model": "a:b", "data": "c:d", "target_bpw": 4, **extra})
+
+
+def test_an_unreachable_scheduler_is_a_config_error(tmp_path):
+    pytest.importorskip("distributed")
+    import dask
+
+    from bitsmith.errors import ConfigError
+    from bitsmith.mixed_precision.job import _dask_executor
+
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
+        with pytest.raises(ConfigError, match="scheduler: cannot connect to tcp://127.0.0.1:1"):
+            with _dask_executor("tcp://127.0.0.1:1"):
+                pass
