@@ -28,9 +28,10 @@ from fidelity import REFINE_BATCH, candidate_sets, refine_data, refine_options
 #: variant -> (data: "fixed" crops or an "aug"mented stream, RefineOptions overrides of the fidelity defaults)
 VARIANTS: dict[str, tuple[str, dict]] = {
     "fixed": ("fixed", {}),  # last session's data: 128 fixed crops of four photos
-    "aug-lr1e-3": ("aug", {"lr": 1e-3}),
     "aug": ("aug", {}),
-    "aug+anchor": ("aug", {"anchor": 1.0}),
+    "aug-lr1e-4": ("aug", {"lr": 1e-4, "eval_every": 5}),
+    "aug-lr3e-5": ("aug", {"lr": 3e-5, "eval_every": 5}),
+    "aug+anchor": ("aug", {"anchor": 10.0}),
     "aug+feat": ("aug", {"feature_weight": 1.0}),
     "aug+feat+anchor": ("aug", {"feature_weight": 1.0, "anchor": 1.0}),
 }
@@ -106,6 +107,7 @@ def main() -> None:
         label = (f"{name} (lr {options.lr:g}, {result.steps} steps x {args.batch}, best {result.best_step}, "
                  f"val KL {result.loss_before:.4f}->{result.loss_after:.4f})")
         rows.append(row(task, label, result.model, f"{result.seconds:.0f} s, {peak:.0f} MiB"))
+        print(f"{name}: validation KL by step " + ", ".join(f"{s}: {v:.4f}" for s, v in result.history))
         print(format_table(["Model", "BPW", "held-out", "broad", "broad KL", *(s[0] for s in STRATA), "cost"],
                            rows, align="lrrrrrrrl"), flush=True)
 

@@ -107,6 +107,7 @@ class RefineResult:
     :param loss_before: validation loss before refinement.
     :param loss_after: validation loss of the kept step.
     :param best_step: the kept step (0: no step improved, the model is unchanged).
+    :param history: ``(step, validation loss)`` of every check, step 0 first.
     :param seconds: wall time.
     :param peak_rss_mib: the process's peak resident memory after refinement (MiB).
     """
@@ -119,6 +120,7 @@ class RefineResult:
     loss_before: float
     loss_after: float
     best_step: int
+    history: tuple[tuple[int, float], ...]
     seconds: float
     peak_rss_mib: float
 
@@ -305,6 +307,7 @@ def refine(model: nn.Module, reference: nn.Module, data: Iterable[Any], validati
         state = snapshot()
         best = loss_before = validate()
         best_step = steps_run = 0
+        history = [(0, loss_before)]
         for step in range(1, options.steps + 1):
             if stream is not None:
                 batch = next(stream, None)
@@ -320,10 +323,12 @@ def refine(model: nn.Module, reference: nn.Module, data: Iterable[Any], validati
             steps_run = step
             if step % options.eval_every == 0 or step == options.steps:
                 current = validate()
+                history.append((step, current))
                 if current < best:
                     best, best_step, state = current, step, snapshot()
         if steps_run and steps_run % options.eval_every and steps_run != options.steps:  # the stream ran out
             current = validate()
+            history.append((steps_run, current))
             if current < best:
                 best, best_step, state = current, steps_run, snapshot()
     finally:
@@ -341,4 +346,5 @@ def refine(model: nn.Module, reference: nn.Module, data: Iterable[Any], validati
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return RefineResult(model=model, refined=tuple(t.name for t in targets), skipped=skipped,
                         parameters=sum(p.numel() for p in params), steps=steps_run, loss_before=loss_before,
-                        loss_after=best, best_step=best_step, seconds=time.perf_counter() - start, peak_rss_mib=peak)
+                        loss_after=best, best_step=best_step, history=tuple(history),
+                        seconds=time.perf_counter() - start, peak_rss_mib=peak)

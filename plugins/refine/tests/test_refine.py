@@ -148,6 +148,8 @@ def test_refine_draws_a_fresh_batch_per_step_from_an_iterator(registry) -> None:
     result = refine(small, model, stream(), validation=_data(2), options=RefineOptions(steps=40, lr=1e-2))
     assert result.steps == 25 and len(drawn) == 25 and len({b.sum().item() for b in drawn}) == 25
     assert result.best_step in (10, 20, 25) and result.loss_after < 0.8 * result.loss_before
+    assert [s for s, _ in result.history] == [0, 10, 20, 25] and result.history[0][1] == result.loss_before
+    assert min(v for _, v in result.history) == result.loss_after
     assert _kl(model, result.model, _data(3)) < 0.8 * _kl(model, small, _data(3))
 
 
