@@ -54,7 +54,7 @@ GOALS = {  # (task, target BPW) -> minimum fidelity on the broad set (issue 17)
     ("minilm", 4.0): 0.995,
 }
 #: settings of the refine row (bitsmith_refine.RefineOptions), measured with benchmarks/refine_bench.py
-REFINE_OPTIONS = {"steps": 100, "lr": 3e-4, "eval_every": 10}
+REFINE_OPTIONS = {"steps": 60, "lr": 3e-4, "eval_every": 10, "feature_weight": 1.0}
 REFINE_BATCH = 8  # augmented views per refinement step
 
 

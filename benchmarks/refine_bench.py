@@ -32,7 +32,9 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "aug-lr1e-4": ("aug", {"lr": 1e-4, "eval_every": 5}),
     "aug-lr3e-5": ("aug", {"lr": 3e-5, "eval_every": 5}),
     "aug+anchor": ("aug", {"anchor": 10.0}),
+    "aug-luts": ("aug", {"lr": 1e-4, "eval_every": 5, "train_scales": False}),
     "aug+feat": ("aug", {"feature_weight": 1.0}),
+    "aug+feat-lr1e-4": ("aug", {"feature_weight": 1.0, "lr": 1e-4, "eval_every": 5}),
     "aug+feat+anchor": ("aug", {"feature_weight": 1.0, "anchor": 1.0}),
 }
 
