@@ -12,9 +12,9 @@ growing subsets of it, so each row shows what one ingredient adds:
 4. mixed, + GPTQ index assignment (``@gptq``, calibrated on the same data) and the
    task's extra candidates;
 5. the same model refined (``bitsmith-refine``: LUT entries and per-channel scales
-   fitted to the fp32 outputs on augmented crops of four calibration photos, the
-   fifth validating / the calibration sentences; indices and size unchanged), with
-   its cost (seconds, peak RSS).
+   fitted to the fp32 outputs and every refined layer's output on fresh augmented
+   views of four calibration photos, the fifth validating / the calibration
+   sentences; indices and size unchanged), with its cost (seconds, peak RSS).
 
 Realized BPW is measured on the compressed model (``bitsmith.sizes``). Fidelity is
 reported on the small held-out set and on the task's broad set (CNNs: 256 crops of 16

@@ -35,6 +35,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "aug-luts": ("aug", {"lr": 1e-4, "eval_every": 5, "train_scales": False}),
     "aug+feat": ("aug", {"feature_weight": 1.0}),
     "aug+feat-lr1e-4": ("aug", {"feature_weight": 1.0, "lr": 1e-4, "eval_every": 5}),
+    "aug+feat10": ("aug", {"feature_weight": 10.0}),
     "aug+feat+anchor": ("aug", {"feature_weight": 1.0, "anchor": 1.0}),
 }
 
@@ -80,6 +81,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps (default: fidelity.py's)")
     parser.add_argument("--lr", type=float, default=None, help="learning rate for every variant")
     parser.add_argument("--batch", type=int, default=REFINE_BATCH, help="views per step")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the augmented views")
     args = parser.parse_args()
     names = args.variants.split(",")
     unknown = [n for n in names if n not in VARIANTS]
@@ -103,10 +105,10 @@ def main() -> None:
         if args.lr:
             options = attrs.evolve(options, lr=args.lr)
         train, validation = (fixed_crops(task, args.batch) if kind == "fixed"
-                             else refine_data(task, batch_size=args.batch))
+                             else refine_data(task, batch_size=args.batch, seed=args.seed))
         result = refine(small, task.model, train, validation=validation, options=options)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        label = (f"{name} (lr {options.lr:g}, {result.steps} steps x {args.batch}, best {result.best_step}, "
+        label = (f"{name} (seed {args.seed}, lr {options.lr:g}, {result.steps} steps x {args.batch}, best {result.best_step}, "
                  f"val KL {result.loss_before:.4f}->{result.loss_after:.4f})")
         rows.append(row(task, label, result.model, f"{result.seconds:.0f} s, {peak:.0f} MiB"))
         print(f"{name}: validation KL by step " + ", ".join(f"{s}: {v:.4f}" for s, v in result.history))
