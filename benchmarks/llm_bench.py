@@ -14,7 +14,8 @@ over the RSS after building, the save time and the files' size. Baseline to beat
 size, 12.5 GB peak).
 
 Presets: ``--preset 3b`` (hidden 3200, intermediate 8640, 26 layers, vocab 32000:
-3.43B parameters, 6.4 GiB bf16; measured 10.46 GiB peak, 766 s), ``--preset 1b`` (hidden 2048,
+3.43B parameters, 6.4 GiB bf16; measured on a quiet machine: 344 s, 10.48 GiB peak; with
+``--save`` 56.6 s more, 1.60 GiB file, 12.22 GiB peak), ``--preset 1b`` (hidden 2048,
 intermediate 5632, 22 layers: 1.1B), ``--preset small`` (a 0.1B smoke run).
 
 Run: ``.venv/bin/python benchmarks/llm_bench.py --preset small [--save --out DIR]``.
