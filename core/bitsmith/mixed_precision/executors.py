@@ -13,7 +13,8 @@ program): :class:`SharedScoring`. A unit of work is only a list of
 
 Threads: a worker scores with the torch thread count of its process. Dask's nanny
 starts every worker process with ``OMP_NUM_THREADS=1`` (one core per worker
-thread), and that setting is left alone; processes of a local
+thread), and that setting is left alone (as is its ``MALLOC_TRIM_THRESHOLD_``,
+except while a unit runs: :mod:`~bitsmith.mixed_precision.worker_heap`); processes of a local
 ``ProcessPoolExecutor`` share this machine's cores out
 (:func:`~bitsmith.palettization.workers.threads_per_worker`), so ``n`` workers
 never run ``n x cores`` spinning OpenMP threads.
@@ -44,6 +45,7 @@ from torch import nn
 from ..palettization.workers import threads_per_worker
 from .engine import EvalTask, EvalUnit, UnitResult, eval_mode, run_unit
 from .inputs import Batch, run_batches
+from .worker_heap import tensor_heap
 
 __all__ = ["SharedScoring", "dask_client", "executor_workers", "run_shared", "score_on", "submitter", "unit_threads"]
 
@@ -118,10 +120,11 @@ def run_shared(shared: SharedScoring, tasks: list[EvalTask]) -> UnitResult:
     """Worker entry point: score ``tasks`` with the shared model and data, against this worker's own reference."""
     if shared.threads:
         torch.set_num_threads(shared.threads)
-    state = _worker_state(shared)
-    result = run_unit(EvalUnit(model=state.model, batches=shared.batches, reference=state.reference,
-                               metric=shared.metric, output_fn=shared.output_fn, engine=shared.engine, tasks=tasks,
-                               program=state.program))
+    with tensor_heap():
+        state = _worker_state(shared)
+        result = run_unit(EvalUnit(model=state.model, batches=shared.batches, reference=state.reference,
+                                   metric=shared.metric, output_fn=shared.output_fn, engine=shared.engine,
+                                   tasks=tasks, program=state.program))
     result.reference_diff = state.reference_diff
     return result
 
