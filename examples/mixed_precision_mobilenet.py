@@ -12,7 +12,9 @@
    ``KMeansPalettizerConfig``.
 3. Apply and evaluate: the recipes, uniform 4-bit (seed 000's config through
    ``KMeansPalettizer``) and the fp32 model on held-out crops: top-1 agreement with
-   fp32, KL divergence and PSNR of the logits; a sweep of targets is plotted.
+   fp32, KL divergence and PSNR of the logits, and top-1 agreement on the broad set
+   (256 crops of 16 more varied photos, harder: fp32 itself is often unsure on them);
+   a sweep of targets is plotted.
 
 Two candidate sets are compared: seed 000's 2/4/6-bit per-tensor k-means, and a
 richer set that adds 3- and 8-bit, per-channel scales ("+scale": each output channel
@@ -36,10 +38,17 @@ RICH_CANDIDATES = SEED_CANDIDATES + ["3-bit", "8-bit", "2-bit +scale", "3-bit +s
                                      "6-bit +scale @gptq"]
 
 
+def logits(model: torch.nn.Module, crops: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+    """``model``'s logits for ``crops``, computed ``chunk`` crops at a time (bounded memory)."""
+    return torch.cat([model(crops[i:i + chunk]) for i in range(0, len(crops), chunk)])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Mixed-precision palettization of MobileNetV2")
     parser.add_argument("--calibration-crops", type=int, default=32, help="crops for the sensitivity stage")
     parser.add_argument("--heldout-crops", type=int, default=64, help="crops for evaluation (other photos)")
+    parser.add_argument("--broad-crops", type=int, default=256,
+                        help="crops of the broad evaluation set (16 varied photos; 0: skip)")
     parser.add_argument("--target-bpw", type=float, default=4.0, help="all-in bits per weight")
     parser.add_argument("--seed-candidates-only", action="store_true", help="skip the richer candidate set")
     parser.add_argument("--out", default="artifacts/mixed_precision_mobilenet", help="output folder")
@@ -76,19 +85,29 @@ def main() -> None:
     model = load_mobilenet_v2().eval()
     calibration = image_crops(args.calibration_crops, split="calibration")
     heldout = image_crops(args.heldout_crops, split="heldout")
+    broad = image_crops(args.broad_crops, split="broad") if args.broad_crops else None
     with torch.inference_mode():
         reference = model(heldout)
+        broad_reference = None if broad is None else logits(model, broad)
     lap("load model + crops + fp32 reference", start)
     kl, psnr = plugins.get("sensitivity_metric", "kl"), plugins.get("sensitivity_metric", "psnr")
 
     def fidelity(compressed: torch.nn.Module) -> dict[str, float]:
         with torch.inference_mode():
-            logits = compressed(heldout)
-        return {"value": (logits.argmax(1) == reference.argmax(1)).float().mean().item(),
-                "kl": kl.score(reference, logits), "psnr": psnr.score(reference, logits)}
+            out = compressed(heldout)
+        return {"value": (out.argmax(1) == reference.argmax(1)).float().mean().item(),
+                "kl": kl.score(reference, out), "psnr": psnr.score(reference, out)}
+
+    def broad_agreement(compressed: torch.nn.Module) -> str:
+        if broad is None:
+            return "-"
+        with torch.inference_mode():
+            out = logits(compressed, broad)
+        return f"{(out.argmax(1) == broad_reference.argmax(1)).float().mean().item():.1%}"
 
     print(f"MobileNetV2 (ImageNet weights): {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters; "
-          f"{args.calibration_crops} calibration crops, {args.heldout_crops} held-out crops from other photos\n")
+          f"{args.calibration_crops} calibration crops, {args.heldout_crops} held-out crops from other photos, "
+          f"{args.broad_crops} broad-set crops\n")
 
     # ------------------------------------------------------------------ stage 1: sensitivity
     candidates = SEED_CANDIDATES if args.seed_candidates_only else RICH_CANDIDATES
@@ -131,26 +150,28 @@ def main() -> None:
     rows = []
     fp32 = model_size(model)
     base = fidelity(model)
-    rows.append(("fp32 baseline", 32.0, 32.0, fp32.mib, base["value"], base["kl"], base["psnr"]))
+    rows.append(("fp32 baseline", 32.0, 32.0, fp32.mib, base["value"], base["kl"], base["psnr"],
+                 broad_agreement(model)))
     uniform_cfg = KMeansPalettizerConfig(global_config=ModuleKMeansPalettizerConfig(
         op_state_spec={"weight": PalettizationSpec(n_bits=4, granularity=PerTensorGranularity())}))
     uniform = KMeansPalettizer(model, uniform_cfg).prepare(example_inputs=(torch.randn(1, 3, 224, 224),))
     u_size, u_fid = model_size(uniform), fidelity(uniform)
     rows.append(("uniform 4-bit", u_size.bpw_index, u_size.bpw, u_size.mib, u_fid["value"], u_fid["kl"],
-                 u_fid["psnr"]))
+                 u_fid["psnr"], broad_agreement(uniform)))
     results = {}
     for (set_name, search), recipe in recipes.items():
         compressed = apply_recipe(model, recipe, table=table)
         size, fid = model_size(compressed), fidelity(compressed)
         results[(set_name, search)] = fid
         rows.append((f"mixed {set_name}, {search} (target {args.target_bpw:g})", size.bpw_index, size.bpw, size.mib,
-                     fid["value"], fid["kl"], fid["psnr"]))
+                     fid["value"], fid["kl"], fid["psnr"], broad_agreement(compressed)))
     lap("stage 3: apply + evaluate", start)
-    print(f"\nStage 3 - results on {args.heldout_crops} held-out crops (fidelity to the fp32 model):")
+    print(f"\nStage 3 - results on {args.heldout_crops} held-out crops (fidelity to the fp32 model; last column: "
+          f"top-1 agreement on the {args.broad_crops} broad-set crops):")
     table_text = format_table(["Configuration", "BPW index", "BPW all-in", "Size (MiB)", "Top-1 agreement",
-                               "KL (nats)", "PSNR (dB)"],
-                              [(n, f"{bi:.3f}", f"{ba:.3f}", f"{mib:.2f}", f"{agree:.1%}", f"{k:.4f}", f"{p:.2f}")
-                               for n, bi, ba, mib, agree, k, p in rows], align="lrrrrrr")
+                               "KL (nats)", "PSNR (dB)", "Broad set"],
+                              [(n, f"{bi:.3f}", f"{ba:.3f}", f"{mib:.2f}", f"{agree:.1%}", f"{k:.4f}", f"{p:.2f}", b)
+                               for n, bi, ba, mib, agree, k, p, b in rows], align="lrrrrrrr")
     print(table_text)
     (out / "results.txt").write_text(table_text + "\n")
     best_mixed = max(results.values(), key=lambda r: r["value"])

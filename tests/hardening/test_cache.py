@@ -50,6 +50,12 @@ def test_edited_score_is_recomputed_with_a_warning(tmp_path, fresh, caplog):
     assert _scores(again) == _scores(fresh)
     assert again.meta["pairs_scored"] == 1
     assert "ignored 2 damaged or edited cached score(s)" in caplog.text
+    assert len(rows.read_text().splitlines()) == len(lines)  # damaged lines dropped, the recomputed one appended
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="bitsmith"):
+        third = _run(tmp_path)
+    assert _scores(third) == _scores(fresh)
+    assert third.meta["pairs_scored"] == 0 and "damaged" not in caplog.text  # reported once, not on every run
 
 
 @pytest.mark.parametrize("damage", ["flip", "swap", "garbage"])

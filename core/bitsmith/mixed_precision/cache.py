@@ -150,16 +150,25 @@ class SensitivityCache:
         except OSError as exc:
             logger.warning("cannot read %s (%s); its scores will be recomputed", rows_path, exc.strerror or exc)
             return
-        bad = 0
+        bad, kept = 0, []
         for line in text.splitlines():
             row = _verified_row(line)
             if row is None:
                 bad += line.strip() != ""
                 continue
             self._rows[(row["layer"], row["pair"])] = row
+            kept.append(line)
         if bad:
-            logger.warning("%s: ignored %d damaged or edited cached score(s) (digest mismatch or unreadable); "
-                           "they will be recomputed", rows_path, bad)
+            logger.warning("%s: ignored %d damaged or edited cached score(s) (digest mismatch or unreadable) and "
+                           "removed them from the file; scores without a valid copy are recomputed", rows_path, bad)
+            self._compact(rows_path, kept)
+
+    def _compact(self, rows_path: Path, kept: list[str]) -> None:
+        """Rewrite ``rows.jsonl`` with only its verified lines (atomically), so damage is reported once."""
+        try:
+            atomic.write_text(rows_path, "".join(line + "\n" for line in kept), overwrite=True)
+        except OSError as exc:
+            self._disable(exc)
 
     @property
     def enabled(self) -> bool:
