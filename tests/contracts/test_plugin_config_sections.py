@@ -19,6 +19,7 @@ PLUGIN_CONFIGS = {
     "sensitive_kmeans_palettization_config": "bitsmith_sensitive_kmeans.config",
     "dkm_palettization_config": "bitsmith_dkm.config",
     "gptq_palettization_config": "bitsmith_gptq.config",
+    "refine_palettization_config": "bitsmith_refine.config",
 }
 
 MIXED = """\
@@ -62,6 +63,8 @@ BAD = [
     ("dkm_palettization_config:\n  dkm: {temperature: -1}\n", "dkm_palettization_config.dkm.temperature: -1"),
     ("gptq_palettization_config:\n  gptq: {block_size: 0}\n",
      "gptq_palettization_config.gptq.block_size: expected a positive integer, got 0"),
+    ("refine_palettization_config:\n  refine: {steps: 0}\n",
+     "refine_palettization_config.refine.steps: expected a positive integer, got 0"),
 ]
 
 FRESH_LOAD = """
