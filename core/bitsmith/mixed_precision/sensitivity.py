@@ -33,6 +33,7 @@ from torch import nn
 from .. import compressed, plugins
 from ..protocols import DataDrivenPalettizer, instantiate
 from ..config import KMeansPalettizerConfig, ModuleKMeansPalettizerConfig, PalettizationSpec
+from ..devices import resolve_device, same_device
 from ..errors import CompressionError, ConfigError
 from ..palettization import Palettizer
 from ..palettization.tensor import check_palettizable
@@ -187,17 +188,15 @@ def compute_sensitivity(model: nn.Module, data: Any, candidates: Optional[Iterab
 
 
 def _placed(model: nn.Module, device: Union[None, str, torch.device]) -> tuple[nn.Module, Optional[torch.device]]:
-    """The model that scores (``model``, or a copy on ``device``) and its device (``None``: spread over several)."""
+    """The model that scores (``model``, or a copy on ``device``) and its device (``None``: spread over several).
+
+    ``device`` is checked by :func:`bitsmith.devices.resolve_device` (the same errors as DKM and SKM).
+    """
     home = weights_device(model)
-    if device is None:
+    target = resolve_device(device)
+    if target is None:
         return model, home
-    try:
-        target = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ConfigError(f"device: {device!r} is not a torch device ({exc})") from None
-    if target.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device: {device!r} asked for, but torch.cuda.is_available() is False")
-    if home is not None and home.type == target.type and (target.index is None or home.index == target.index):
+    if same_device(home, target):
         return model, home
     return copy.deepcopy(model).to(target), target
 
