@@ -127,3 +127,14 @@ def test_unmatched_keys_warn():
     messages = [str(w.message) for w in caught if issubclass(w.category, UnmatchedConfigWarning)]
     assert any("module_name_configs['nope']" in m for m in messages)
     assert any("module_type_configs['torch.nn.modules.rnn.GRU']" in m for m in messages)
+
+
+def test_rule_of_a_tensor_the_config_does_not_name_says_there_is_no_entry():
+    rules = {(r.module_name, r.tensor_name): r.rule for r in resolve_state_specs(Net(), KMeansPalettizerConfig())}
+    assert rules[("stem", "weight")] == "global_config.op_state_spec['weight']"
+    assert rules[("stem", "bias")] == "global_config.op_state_spec has no entry for 'bias'"
+    config = KMeansPalettizerConfig(module_type_configs={nn.Linear: ModuleKMeansPalettizerConfig(
+        op_state_spec={"bias": None})})
+    rules = {(r.module_name, r.tensor_name): r.rule for r in resolve_state_specs(Net(), config)}
+    assert rules[("head", "bias")].endswith(".op_state_spec['bias']")
+    assert rules[("head", "weight")].endswith(".op_state_spec has no entry for 'weight'")

@@ -216,12 +216,19 @@ def _tensor_spec(scope: Optional[Scope], name: str, module: nn.Module, pname: st
     if found:
         if opcfg is None:
             return None, f"{scope.rule}.{oprule} is None"
-        table = getattr(opcfg, spec_field) or {}
-        return table.get(pname), f"{scope.rule}.{oprule}.{spec_field}[{pname!r}]"
+        return _lookup(getattr(opcfg, spec_field), pname, f"{scope.rule}.{oprule}.{spec_field}")
     if not explicit and not is_palettizable(module):
         return None, f"{type(module).__name__} is not a palettizable layer type"
-    table = getattr(cfg, spec_field) or {}
-    return table.get(pname), f"{scope.rule}.{spec_field}[{pname!r}]"
+    return _lookup(getattr(cfg, spec_field), pname, f"{scope.rule}.{spec_field}")
+
+
+def _lookup(table: Any, pname: str, where: str) -> tuple[Any, str]:
+    """``(spec, rule)`` of tensor ``pname`` in the spec mapping found at ``where``; a missing key says so."""
+    if table is None:
+        return None, f"{where} is None"
+    if pname in table:
+        return table[pname], f"{where}[{pname!r}]"
+    return None, f"{where} has no entry for {pname!r}"
 
 
 ACTIVATION_DIRECTIONS = ("input", "output")

@@ -109,3 +109,31 @@ def test_rows_carry_a_digest(tmp_path):
     assert SensitivityCache(tmp_path, "k" * 64, {}).row("fc", "p1")["score"] == 12.5
     (cache.path / "rows.jsonl").write_text(line.replace("12.5", "13.5") + "\n")
     assert SensitivityCache(tmp_path, "k" * 64, {}).row("fc", "p1") is None
+
+
+@pytest.mark.skipif(os.name != "posix", reason="advisory locks are POSIX")
+def test_dropping_damaged_rows_waits_for_a_writer_and_keeps_its_row(tmp_path):
+    import fcntl
+    import threading
+
+    writer = SensitivityCache(tmp_path, "k" * 64, {"schema_version": 1})
+    writer.add_row("fc", "p1", score=12.5, seconds=0.1)
+    rows = writer.path / "rows.jsonl"
+    with open(rows, "a") as fh:
+        fh.write('{"layer": "fc", "pair": "torn\n')  # a damaged line: the next reader rewrites the file
+    opened = []
+    with open(writer.path / "rows.lock", "a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # another run is appending right now
+        reader = threading.Thread(target=lambda: opened.append(SensitivityCache(tmp_path, "k" * 64, {})))
+        reader.start()
+        reader.join(0.5)
+        assert reader.is_alive()  # it waits instead of reading a file about to grow
+        fresh = SensitivityCache(None, "k" * 64, {})
+        fresh.add_row("fc", "p2", score=7.0, seconds=0.1)
+        with open(rows, "a") as fh:  # what the other run appends while holding the lock
+            fh.write(json.dumps(fresh.row("fc", "p2")) + "\n")
+        fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+    reader.join(10)
+    assert opened[0].row("fc", "p1")["score"] == 12.5 and opened[0].row("fc", "p2")["score"] == 7.0
+    kept = [json.loads(line)["pair"] for line in rows.read_text().splitlines()]
+    assert kept == ["p1", "p2"]  # the damaged line is gone, the fresh row survived the rewrite

@@ -7,6 +7,9 @@ Layout under ``<cache_dir>/sensitivity/<run key>/``:
   atomically (temporary file + rename) right after it is clustered.
 - ``rows.jsonl``: one JSON line per scored (layer, candidate), appended and flushed
   right after it is scored. A torn last line (a crash mid-write) is ignored.
+- ``rows.lock``: where POSIX advisory locks exist, appending a row and reading (and,
+  when damaged lines are dropped, rewriting) ``rows.jsonl`` hold an exclusive lock on
+  it, so runs sharing the folder never drop each other's fresh rows.
 
 The run key hashes the model's weights and buffers, the input data, the metric
 (name, provider version, repr), the output function and the schema version; each
@@ -30,8 +33,9 @@ import json
 import logging
 import math
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Iterator, Optional, Union
 
 import torch
 
@@ -142,7 +146,11 @@ class SensitivityCache:
                            exc.strerror or exc)
             return
         self.path = path
-        self._read_rows(path / "rows.jsonl")
+        try:
+            with _locked(path / "rows.lock"):  # no append can land between the read and a compaction
+                self._read_rows(path / "rows.jsonl")
+        except OSError as exc:
+            self._disable(exc)
 
     def _read_rows(self, rows_path: Path) -> None:
         try:
@@ -192,7 +200,7 @@ class SensitivityCache:
         if self.path is None:
             return
         try:
-            with open(self.path / "rows.jsonl", "a") as fh:
+            with _locked(self.path / "rows.lock"), open(self.path / "rows.jsonl", "a") as fh:
                 fh.write(json.dumps(row, default=str) + "\n")
                 fh.flush()
                 os.fsync(fh.fileno())
@@ -232,6 +240,22 @@ class SensitivityCache:
         logger.warning("cannot write to the sensitivity cache %s (%s); continuing without the cache", self.path,
                        exc.strerror or exc)
         self.path = None
+
+
+@contextmanager
+def _locked(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``lock_path`` (created if needed); a no-op where ``fcntl`` is missing."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: a single writer per cache folder is assumed
+        yield
+        return
+    with open(lock_path, "a") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 def _verified_row(line: str) -> Optional[dict[str, Any]]:
