@@ -27,6 +27,7 @@ import argparse
 import json
 import resource
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -69,6 +70,28 @@ def build_llama(preset: str, layers: int | None = None, seed: int = 0) -> torch.
     rotary = model.model.rotary_emb
     model.model.rotary_emb = type(rotary)(config=cfg)  # non-persistent buffers: recompute, not left empty
     return model.eval()
+
+
+class RssSampler:
+    """Context manager recording the highest RSS of ``process`` every 20 ms (``.peak``, bytes)."""
+
+    def __init__(self, process) -> None:
+        self.process, self.peak = process, process.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, self.process.memory_info().rss)
+
+    def __enter__(self) -> "RssSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.process.memory_info().rss)
 
 
 def _embedding_parameters(preset: str) -> int:
@@ -143,12 +166,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.save:
         from bitsmith.pretrained import save_pretrained
 
+        before = proc.memory_info().rss
         t0 = time.perf_counter()
-        folder = save_pretrained(model, args.out)
+        with RssSampler(proc) as sampler:
+            folder = save_pretrained(model, args.out)
         result["save_s"] = time.perf_counter() - t0
         result["saved_gib"] = sum(f.stat().st_size for f in folder.iterdir()) / GIB
+        result["save_extra_gib"] = (sampler.peak - before) / GIB
         result["peak_rss_after_save_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB
-        print(f"save_pretrained: {result['save_s']:.1f} s, {result['saved_gib']:.2f} GiB on disk; "
+        print(f"save_pretrained: {result['save_s']:.1f} s, {result['saved_gib']:.2f} GiB on disk; RSS during "
+              f"the save at most +{result['save_extra_gib']:.2f} GiB over the {before / GIB:.2f} GiB before it; "
               f"peak RSS now {result['peak_rss_after_save_gib']:.2f} GiB")
     print(json.dumps(result))
     return 0

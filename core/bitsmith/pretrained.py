@@ -22,6 +22,7 @@ otherwise initialize the compressed weights at random).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -32,6 +33,7 @@ from torch import nn
 
 from . import atomic, compressed, state
 from .errors import BitsmithError
+from .safetensors_writer import PendingTensor, write_file
 
 WEIGHTS_NAME = "bitsmith_model.safetensors"
 """The weights file of a bitsmith directory (deliberately not ``model.safetensors``)."""
@@ -46,12 +48,16 @@ FORMAT_VERSION = 1
 """Version of the directory layout (``quantization_config.format_version``)."""
 
 
-def _packed(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Drop dense values of compressed tensors and bit-pack palettized indices."""
-    from .packing import pack_bits
+def _packed(state_dict: dict[str, torch.Tensor]) -> dict[str, Union[torch.Tensor, PendingTensor]]:
+    """Drop dense values of compressed tensors; palettized indices become bit-packed :class:`PendingTensor` s.
 
-    out = dict(state_dict)
-    packed: dict[tuple, torch.Tensor] = {}  # a tied weight's indices are packed (and stored) once
+    The packing itself happens while the file is written, one tensor at a time, so the
+    packed copy of the whole model never sits in memory at once.
+    """
+    from .packing import pack_bits, packed_nbytes
+
+    out: dict[str, Union[torch.Tensor, PendingTensor]] = dict(state_dict)
+    packed: dict[tuple, PendingTensor] = {}  # a tied weight's indices are packed (and stored) once
     for key in [k for k in state_dict if k.endswith(state.MARKER + "spec")]:
         base = key[:-len("spec")]
         prefix = key[:key.rfind(".") + 1] if "." in key else ""
@@ -59,21 +65,33 @@ def _packed(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if meta["kind"] != "activation":
             out.pop(prefix + meta["name"], None)
         if meta["kind"] == "palettized":
-            indices = out.pop(base + "indices")
+            indices = state_dict[base + "indices"]
+            out.pop(base + "indices")
+            n_bits = int(meta["spec"]["n_bits"])
             ident = (indices.untyped_storage().data_ptr(), indices.storage_offset(), tuple(indices.shape))
             if ident not in packed:
-                packed[ident] = pack_bits(indices, int(meta["spec"]["n_bits"]))
+                packed[ident] = PendingTensor(torch.uint8, (packed_nbytes(indices.numel(), n_bits),),
+                                              functools.partial(pack_bits, indices, n_bits))
             out[base + "packed_indices"] = packed[ident]
     return out
 
 
-def _dedupe(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def _dedupe(tensors: dict[str, Union[torch.Tensor, PendingTensor]]
+            ) -> tuple[dict[str, Union[torch.Tensor, PendingTensor]], dict[str, str]]:
     """Store each shared tensor once: ``(tensors, {alias: stored name})``; partial overlaps are copied."""
-    stored: dict[str, torch.Tensor] = {}
+    stored: dict[str, Union[torch.Tensor, PendingTensor]] = {}
     aliases: dict[str, str] = {}
     exact: dict[tuple, str] = {}
     storages: set[int] = set()
+    pending: dict[int, str] = {}
     for name, t in tensors.items():
+        if isinstance(t, PendingTensor):  # the same pending object under two names: a tied weight
+            if id(t) in pending:
+                aliases[name] = pending[id(t)]
+            else:
+                pending[id(t)] = name
+                stored[name] = t
+            continue
         t = t.detach().cpu()
         if t.numel() == 0:
             stored[name] = t.contiguous()
@@ -110,8 +128,6 @@ def save_pretrained(model: nn.Module, directory: Union[str, os.PathLike], *, ove
     Both files are written atomically; existing ones are replaced only with
     ``overwrite=True`` (checked before anything is written). Returns the folder.
     """
-    from safetensors.torch import save_file
-
     to_json = getattr(getattr(model, "config", None), "to_json_string", None)
     if not isinstance(model, nn.Module) or not callable(to_json):
         raise TypeError(f"model: save_pretrained needs a transformers model (a .config with to_json_string()), got "
@@ -126,8 +142,8 @@ def save_pretrained(model: nn.Module, directory: Union[str, os.PathLike], *, ove
                 "bitsmith_aliases": json.dumps(aliases, sort_keys=True)}
     config_dict = json.loads(to_json(use_diff=False))
     config_dict["quantization_config"] = _quantization_config(model)
-    with atomic.temp_path(folder / WEIGHTS_NAME, overwrite=overwrite) as tmp:  # streamed: no in-memory file copy
-        save_file(tensors, str(tmp), metadata)
+    with atomic.temp_path(folder / WEIGHTS_NAME, overwrite=overwrite) as tmp:  # indices packed one tensor at a time
+        write_file(tensors, tmp, metadata)
     atomic.write_text(folder / CONFIG_NAME, json.dumps(config_dict, indent=2, sort_keys=True) + "\n",
                       overwrite=overwrite)
     return folder
