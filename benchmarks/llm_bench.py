@@ -15,7 +15,7 @@ size, 12.5 GB peak).
 
 Presets: ``--preset 3b`` (hidden 3200, intermediate 8640, 26 layers, vocab 32000:
 3.43B parameters, 6.4 GiB bf16; measured on a quiet machine: 344 s, 10.48 GiB peak; with
-``--save`` 56.6 s more, 1.60 GiB file, 12.22 GiB peak), ``--preset 1b`` (hidden 2048,
+``--save`` 1.60 GiB file, +0.16 GiB RSS during the save, peak unchanged), ``--preset 1b`` (hidden 2048,
 intermediate 5632, 22 layers: 1.1B), ``--preset small`` (a 0.1B smoke run).
 
 Run: ``.venv/bin/python benchmarks/llm_bench.py --preset small [--save --out DIR]``.
