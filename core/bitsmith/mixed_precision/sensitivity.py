@@ -32,7 +32,7 @@ from torch import nn
 
 from .. import compressed, plugins
 from ..protocols import DataDrivenPalettizer, instantiate
-from ..config import KMeansPalettizerConfig, ModuleKMeansPalettizerConfig, PalettizationSpec
+from ..config import KMeansPalettizerConfig, ModuleKMeansPalettizerConfig, PalettizationSpec, to_dict
 from ..devices import resolve_device, same_device
 from ..errors import CompressionError, ConfigError
 from ..palettization import Palettizer
@@ -132,7 +132,9 @@ def compute_sensitivity(model: nn.Module, data: Any, candidates: Optional[Iterab
     root = default_cache_dir() if cache_dir is _DEFAULT else cache_dir
     cache = SensitivityCache(root, run_key, {"schema_version": SCHEMA_VERSION, "model": type(model).__qualname__,
                                              "metric": metric_name, "batches": len(batches)})
-    pair_keys = {_label(c): c.key() + ":" + str(_version(registry, "palettizer", _palettizer(c))) for c in cands}
+    pair_keys = {_label(c): c.key() + ":" + str(_version(registry, "palettizer", _palettizer(c)))
+                 + (":" + _instance_token(instances[_palettizer(c)]) if _palettizer(c) in instances else "")
+                 for c in cands}
 
     own_pool = None
     if executor is None and num_workers > 1:  # one pool for clustering and scoring
@@ -228,6 +230,23 @@ def _palettizer(cand: Candidate) -> str:
     """The palettizer of a bound candidate (:meth:`Candidate.bound` fills in the default one)."""
     assert cand.palettizer is not None, "candidates are bound to the default palettizer up front"
     return cand.palettizer
+
+
+def _instance_token(inst: Any) -> str:
+    """What sets a ready palettizer instance's results apart, for the cache key.
+
+    Its class, its public scalar attributes (options such as GPTQ's ``damp`` or
+    ``weighted_luts``), its config and the fingerprint of a sensitivity it was
+    calibrated with beforehand. Anything else it holds is not covered: such options
+    must show in one of these or use their own cache directory.
+    """
+    options = {k: v for k, v in sorted(getattr(inst, "__dict__", {}).items())
+               if not k.startswith("_") and (v is None or isinstance(v, (bool, int, float, str)))}
+    config = getattr(inst, "config", None)
+    fingerprint = getattr(getattr(inst, "sensitivity", None), "fingerprint", None)
+    return digest(type(inst).__module__, type(inst).__qualname__, options,
+                  to_dict(config) if attrs.has(type(config)) else repr(config),
+                  fingerprint if isinstance(fingerprint, str) else None)[:16]
 
 
 def _applicability(infos: Sequence[LayerInfo], cands: Sequence[Candidate]) -> list[list[int]]:

@@ -243,6 +243,25 @@ def test_sensitivity_cache_is_keyed_by_the_calibration_data(tmp_path):
     assert table(None).meta["pairs_scored"] == 2  # calibrated on the scoring data
 
 
+def test_sensitivity_cache_is_keyed_by_the_options_of_a_ready_instance(tmp_path):
+    pytest.importorskip("bitsmith_kmeans")
+    from bitsmith.mixed_precision import compute_sensitivity
+
+    model, data = _net(), torch.rand(8, 3, 8, 8)
+
+    def table(**options):
+        return compute_sensitivity(model, data, ["2-bit @gptq"], metric="mse", cache_dir=tmp_path,
+                                   layers=["conv", "fc"], palettizers={"gptq": GPTQPalettizer(model, **options)})
+
+    plain = table(weighted_luts=False)
+    assert plain.meta["pairs_scored"] == 2
+    assert table(weighted_luts=False).meta["pairs_scored"] == 0  # same options: cached
+    weighted = table(weighted_luts=True)
+    assert weighted.meta["pairs_scored"] == 2  # other options under the same name: never the cached scores
+    assert weighted.score("fc", "2-bit @gptq") != plain.score("fc", "2-bit @gptq")
+    assert table(weighted_luts=False, damp=0.5).meta["pairs_scored"] == 2
+
+
 def test_float32_assignment_matches_float64():
     """The column loop runs in the weight's precision (float32 here); float64 gives the same choices."""
     torch.manual_seed(4)
