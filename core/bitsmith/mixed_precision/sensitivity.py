@@ -132,9 +132,9 @@ def compute_sensitivity(model: nn.Module, data: Any, candidates: Optional[Iterab
     root = default_cache_dir() if cache_dir is _DEFAULT else cache_dir
     cache = SensitivityCache(root, run_key, {"schema_version": SCHEMA_VERSION, "model": type(model).__qualname__,
                                              "metric": metric_name, "batches": len(batches)})
+    tokens = {name: ":" + _instance_token(inst) for name, inst in instances.items()}  # once per instance
     pair_keys = {_label(c): c.key() + ":" + str(_version(registry, "palettizer", _palettizer(c)))
-                 + (":" + _instance_token(instances[_palettizer(c)]) if _palettizer(c) in instances else "")
-                 for c in cands}
+                 + tokens.get(_palettizer(c), "") for c in cands}
 
     own_pool = None
     if executor is None and num_workers > 1:  # one pool for clustering and scoring
