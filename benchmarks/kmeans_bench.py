@@ -26,7 +26,6 @@ import argparse
 import json
 import subprocess
 import sys
-import threading
 import time
 import warnings
 
@@ -98,28 +97,18 @@ def time_coremltools(x: torch.Tensor, n_bits: int) -> tuple[float, float, str]:
 
 
 MEMORY_PROBE = r"""
-import json, resource, sys, threading, time
-import psutil, torch
+import json, sys
+import torch
 sys.path.insert(0, {bench_dir!r})
 from kmeans_bench import clusterer, make_tensor
+from palettize_bench import PeakRss
 k, size = {k}, {size}
 kmeans = clusterer()
 kmeans(torch.randn(4096, 1), k)                       # compile / load the numba kernel first
 x = make_tensor(size).reshape(-1, 1)
-proc = psutil.Process()
-before = proc.memory_info().rss
-max_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-peak, done = [before], threading.Event()
-def sample():
-    while not done.is_set():
-        peak[0] = max(peak[0], proc.memory_info().rss)
-        time.sleep(0.001)
-t = threading.Thread(target=sample); t.start()
-result = kmeans(x, k)
-done.set(); t.join()
-max_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-top = max_after if max_after > max_before else peak[0]
-print(json.dumps({{"extra": top - before, "tensor": x.numel() * 4}}))
+with PeakRss() as rss:
+    result = kmeans(x, k)
+print(json.dumps({{"extra": rss.extra, "tensor": x.numel() * 4}}))
 """
 
 

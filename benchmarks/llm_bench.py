@@ -27,7 +27,6 @@ import argparse
 import json
 import resource
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -35,7 +34,7 @@ import psutil
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from palettize_bench import TimedClusterer, config  # noqa: E402
+from palettize_bench import PeakRss, TimedClusterer, config  # noqa: E402
 
 GIB = 2**30
 PRESETS = {
@@ -70,28 +69,6 @@ def build_llama(preset: str, layers: int | None = None, seed: int = 0) -> torch.
     rotary = model.model.rotary_emb
     model.model.rotary_emb = type(rotary)(config=cfg)  # non-persistent buffers: recompute, not left empty
     return model.eval()
-
-
-class RssSampler:
-    """Context manager recording the highest RSS of ``process`` every 20 ms (``.peak``, bytes)."""
-
-    def __init__(self, process) -> None:
-        self.process, self.peak = process, process.memory_info().rss
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.02):
-            self.peak = max(self.peak, self.process.memory_info().rss)
-
-    def __enter__(self) -> "RssSampler":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.process.memory_info().rss)
 
 
 def _embedding_parameters(preset: str) -> int:
@@ -166,16 +143,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.save:
         from bitsmith.pretrained import save_pretrained
 
-        before = proc.memory_info().rss
         t0 = time.perf_counter()
-        with RssSampler(proc) as sampler:
+        with PeakRss(interval=0.02) as rss:
             folder = save_pretrained(model, args.out)
         result["save_s"] = time.perf_counter() - t0
         result["saved_gib"] = sum(f.stat().st_size for f in folder.iterdir()) / GIB
-        result["save_extra_gib"] = (sampler.peak - before) / GIB
+        result["save_extra_gib"] = rss.extra / GIB
         result["peak_rss_after_save_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB
         print(f"save_pretrained: {result['save_s']:.1f} s, {result['saved_gib']:.2f} GiB on disk; RSS during "
-              f"the save at most +{result['save_extra_gib']:.2f} GiB over the {before / GIB:.2f} GiB before it; "
+              f"the save at most +{result['save_extra_gib']:.2f} GiB over the {rss.before / GIB:.2f} GiB before it; "
               f"peak RSS now {result['peak_rss_after_save_gib']:.2f} GiB")
     print(json.dumps(result))
     return 0

@@ -23,7 +23,9 @@ Run: ``.venv/bin/python benchmarks/palettize_bench.py [--skip-sklearn] [--cases 
 from __future__ import annotations
 
 import argparse
+import resource
 import sys
+import threading
 import time
 from typing import Any, Callable
 
@@ -44,6 +46,40 @@ class TimedClusterer:
         finally:
             self.seconds += time.perf_counter() - t0
             self.calls += 1
+
+
+class PeakRss:
+    """Context manager measuring the highest RSS of this process inside the block (bytes).
+
+    After the block: ``before`` (RSS on entry), ``peak`` and ``extra`` (``peak - before``).
+    The peak is ``ru_maxrss`` when the block raised the process's peak, else the highest
+    value of a psutil sampler polling every ``interval`` seconds (the block stayed under
+    an earlier peak, which ``ru_maxrss`` cannot see past).
+    """
+
+    def __init__(self, interval: float = 0.001) -> None:
+        import psutil
+
+        self.interval, self._process = interval, psutil.Process()
+        self._done, self._thread = threading.Event(), threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._done.is_set():
+            self._sampled = max(self._sampled, self._process.memory_info().rss)
+            time.sleep(self.interval)
+
+    def __enter__(self) -> "PeakRss":
+        self.before = self._sampled = self._process.memory_info().rss
+        self._max_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._done.set()
+        self._thread.join()
+        max_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        self.peak = max_after if max_after > self._max_before else self._sampled
+        self.extra = self.peak - self.before
 
 
 class Bottleneck(nn.Module):

@@ -27,10 +27,10 @@ from pathlib import Path
 MIB = 2**20
 
 PROBE = r"""
-import json, resource, sys, threading, time
-import psutil, torch
+import json, sys, time
+import torch
 sys.path.insert(0, {bench_dir!r})
-from palettize_bench import config, resnet50
+from palettize_bench import PeakRss, config, resnet50
 from bitsmith.palettization import KMeansPalettizer
 from torch import nn
 
@@ -45,22 +45,11 @@ model = build({case!r})
 weights = [p for p in model.parameters() if p.dim() > 1]
 fp32 = sum(p.numel() for p in model.parameters()) * 4
 largest = max(p.numel() for p in weights) * 4
-proc = psutil.Process()
-before = proc.memory_info().rss
-max_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-peak, done = [before], threading.Event()
-def sample():
-    while not done.is_set():
-        peak[0] = max(peak[0], proc.memory_info().rss)
-        time.sleep(0.001)
-thread = threading.Thread(target=sample); thread.start()
-t0 = time.perf_counter()
-KMeansPalettizer(model, config("per_tensor")).prepare(inplace={inplace}, progress=False)
-seconds = time.perf_counter() - t0
-done.set(); thread.join()
-max_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-top = max_after if max_after > max_before else peak[0]
-print(json.dumps({{"extra": top - before, "fp32": fp32, "largest": largest, "seconds": seconds}}))
+with PeakRss() as rss:
+    t0 = time.perf_counter()
+    KMeansPalettizer(model, config("per_tensor")).prepare(inplace={inplace}, progress=False)
+    seconds = time.perf_counter() - t0
+print(json.dumps({{"extra": rss.extra, "fp32": fp32, "largest": largest, "seconds": seconds}}))
 """
 
 CASES = {
